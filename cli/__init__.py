@@ -1,0 +1,1 @@
+"""The `trtserve` command: serve, inspect and manage runtimes, infer, upload, benchmark."""

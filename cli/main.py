@@ -1,0 +1,38 @@
+"""Entry point of the `trtserve` command."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Each module adds one subcommand. Server-side ones import the server lazily, so a client-only
+# install (no onnxruntime, TensorRT or prometheus-client) still runs the client commands.
+_COMMANDS = ("serve", "infer", "models", "upload", "bench", "inspect", "runtimes")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every available subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="trtserve",
+        description="A KServe v2 gRPC inference server for TensorRT version-compatible engines.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in _COMMANDS:
+        try:
+            module = importlib.import_module(f"trtserve.cli.{name}")
+        except ImportError:  # a part of the CLI whose module is not there
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the arguments and run the chosen subcommand; the exit status."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""`trtserve serve`: run the inference server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+_EPILOG = """\
+Every setting can also come from a TOML file (--config, top level or a [server] table) or an
+environment variable TRTSERVE_<NAME> (e.g. TRTSERVE_GRPC_PORT=9001). Flags win over the
+environment, which wins over the file. Lists (trusted_plan_sha256, trusted_keys) are
+comma-separated in the environment.
+
+With no --repository, the server writes its built-in example models (ONNX, CPU) to a temporary
+folder and serves them: try `trtserve infer simple` in another shell.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `serve` subcommand."""
+    from trtserve.server.settings import ServerSettings, env_name
+
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the gRPC inference server",
+        description="Run the KServe v2 gRPC inference server with Prometheus metrics.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, help="TOML settings file")
+    for f in fields(ServerSettings):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        help_text = f"{f.metadata.get('help', '')} (default {default!r}; env {env_name(f.name)})"
+        if str(f.type) == "bool":
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        elif str(f.type).startswith("tuple"):
+            parser.add_argument(flag, action="append", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, default=None, help=help_text)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load settings and serve until SIGTERM."""
+    from trtserve.server.app import serve
+    from trtserve.server.logging_setup import configure_logging
+    from trtserve.server.settings import ServerSettings, load_settings
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(ServerSettings)}
+    try:
+        settings = load_settings(args.config, overrides=overrides)
+    except ValueError as error:
+        print(f"trtserve serve: {error}")
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    return asyncio.run(serve(settings))

@@ -1,0 +1,11 @@
+"""The wire protocol shared by the trtserve server and client.
+
+Generated modules (regenerate with ``python scripts/generate_protocol.py``):
+
+- ``grpc_service_pb2`` / ``grpc_service_pb2_grpc``: the KServe v2 inference service.
+- ``model_config_pb2``: the model configuration schema (Triton-compatible subset).
+- ``trtserve_pb2`` / ``trtserve_pb2_grpc``: trtserve's own RPCs (model upload).
+
+Hand-written: ``datatypes`` (v2 datatype names and numpy dtypes) and ``tensors`` (numpy arrays
+to and from protocol tensors).
+"""

@@ -1,0 +1,132 @@
+"""Numpy arrays to and from v2 protocol tensor data (raw bytes or typed contents).
+
+Both sides use these functions, so the server decodes exactly what the client encodes.
+Failures raise TensorDataError with a message that names the tensor, the expected and the
+received value; the server turns it into INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from math import prod
+
+import numpy as np
+
+from trtserve.protocol import grpc_service_pb2 as pb
+from trtserve.protocol.datatypes import Datatype, from_name
+
+_LENGTH = struct.Struct("<I")
+
+
+class TensorDataError(ValueError):
+    """Tensor data that does not match its declared datatype or shape."""
+
+
+def element_count(shape: Sequence[int]) -> int:
+    """Number of elements of a shape (1 for a scalar shape `[]`)."""
+    return prod(int(d) for d in shape)
+
+
+def serialize_bytes(array: np.ndarray) -> bytes:
+    """BYTES tensor to its raw form: each element as a 4-byte little-endian length + bytes."""
+    parts: list[bytes] = []
+    for item in array.reshape(-1):
+        data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+        parts.append(_LENGTH.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def deserialize_bytes(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
+    """Raw BYTES tensor data to a flat object array of `count` bytes elements."""
+    view = memoryview(raw)
+    out = np.empty(count, dtype=np.object_)
+    offset = 0
+    for i in range(count):
+        if offset + 4 > len(view):
+            raise TensorDataError(
+                f"input '{name}': BYTES data holds fewer elements than its shape needs: "
+                f"expected {count}, received {i}"
+            )
+        (length,) = _LENGTH.unpack_from(view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise TensorDataError(
+                f"input '{name}': BYTES element {i} declares {length} bytes, "
+                f"only {len(view) - offset} remain"
+            )
+        out[i] = bytes(view[offset : offset + length])
+        offset += length
+    if offset != len(view):
+        raise TensorDataError(
+            f"input '{name}': BYTES data has {len(view) - offset} bytes after the "
+            f"{count} elements its shape declares"
+        )
+    return out
+
+
+def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> np.ndarray:
+    """Decode raw tensor bytes; numeric data is a zero-copy, read-only view of `raw`."""
+    dt = from_name(datatype)
+    count = element_count(shape)
+    if dt.name == "BYTES":
+        return deserialize_bytes(name, raw, count).reshape(tuple(shape))
+    expected = count * dt.dtype.itemsize
+    if len(raw) != expected:
+        raise TensorDataError(
+            f"input '{name}': raw data of {datatype} shape {list(shape)} must be "
+            f"{expected} bytes, received {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype=dt.dtype).reshape(tuple(shape))
+
+
+def from_contents(
+    name: str, datatype: str, shape: Sequence[int], contents: pb.InferTensorContents
+) -> np.ndarray:
+    """Decode typed tensor contents (the field that matches the datatype)."""
+    dt = from_name(datatype)
+    if dt.contents_field is None:
+        raise TensorDataError(
+            f"input '{name}': datatype {datatype} has no typed contents field; "
+            "send it in raw_input_contents"
+        )
+    values = getattr(contents, dt.contents_field)
+    count = element_count(shape)
+    if len(values) != count:
+        raise TensorDataError(
+            f"input '{name}': {dt.contents_field} must hold {count} values for shape "
+            f"{list(shape)}, received {len(values)}"
+        )
+    if dt.name == "BYTES":
+        array = np.empty(count, dtype=np.object_)
+        array[:] = list(values)
+        return array.reshape(tuple(shape))
+    wide = np.asarray(values, dtype=dt.contents_dtype)
+    narrow = wide.astype(dt.dtype)
+    if dt.contents_dtype != dt.dtype and not np.array_equal(narrow, wide):
+        raise TensorDataError(
+            f"input '{name}': {dt.contents_field} has values outside the range of {datatype}"
+        )
+    return narrow.reshape(tuple(shape))
+
+
+def to_raw(array: np.ndarray, datatype: Datatype | None = None) -> bytes:
+    """Encode an array as raw tensor bytes (C order, little-endian)."""
+    if array.dtype == np.object_ or array.dtype.kind in ("S", "U"):
+        return serialize_bytes(array)
+    if datatype is not None and datatype.name == "BF16":
+        return np.ascontiguousarray(array, dtype=np.uint16).tobytes()
+    return np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def fill_contents(contents: pb.InferTensorContents, array: np.ndarray, datatype: Datatype) -> None:
+    """Write an array into the typed contents field of its datatype."""
+    if datatype.contents_field is None:
+        raise TensorDataError(f"datatype {datatype.name} can only travel as raw bytes")
+    field = getattr(contents, datatype.contents_field)
+    flat = array.reshape(-1)
+    if datatype.name == "BYTES":
+        field.extend(x.encode("utf-8") if isinstance(x, str) else bytes(x) for x in flat)
+    else:
+        field.extend(flat.astype(datatype.contents_dtype).tolist())

@@ -1,0 +1,82 @@
+"""Regenerate the Python protocol code in proto/ from the .proto files beside it.
+
+    python scripts/generate_protocol.py          # rewrite the generated files
+    python scripts/generate_protocol.py --check  # exit 1 if they drifted from the .proto files
+
+The .proto files are copied under `trtserve/protocol/` in a scratch include root so that the
+generated imports read `from trtserve.protocol import ...`, which is where the package installs.
+The generator is pinned (pyproject's `dev` extra) because the generated code embeds its version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from grpc_tools import protoc  # type: ignore[import-untyped]
+
+PROTO_DIR = Path(__file__).resolve().parent.parent / "proto"
+PACKAGE_PATH = Path("trtserve") / "protocol"
+GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+
+
+def generate(out_dir: Path) -> list[Path]:
+    """Run protoc over every .proto file; return the generated files (inside out_dir)."""
+    include_root = out_dir / "include"
+    package_dir = include_root / PACKAGE_PATH
+    package_dir.mkdir(parents=True)
+    sources = sorted(PROTO_DIR.glob("*.proto"))
+    for source in sources:
+        shutil.copy(source, package_dir / source.name)
+    grpc_include = Path(protoc.__file__).parent / "_proto"
+    args = [
+        "protoc",
+        f"-I{include_root}",
+        f"-I{grpc_include}",
+        f"--python_out={include_root}",
+        f"--pyi_out={include_root}",
+        f"--grpc_python_out={include_root}",
+        *(str(PACKAGE_PATH / s.name) for s in sources),
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+    return sorted(p for p in package_dir.iterdir() if p.name.endswith(GENERATED_SUFFIXES))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if generated code drifted")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = generate(Path(tmp))
+        drifted = [
+            p.name
+            for p in fresh
+            if not (PROTO_DIR / p.name).exists()
+            or (PROTO_DIR / p.name).read_bytes() != p.read_bytes()
+        ]
+        stale = [
+            p.name
+            for p in PROTO_DIR.iterdir()
+            if p.name.endswith(GENERATED_SUFFIXES) and p.name not in {f.name for f in fresh}
+        ]
+        if args.check:
+            if drifted or stale:
+                print(f"generated protocol code is out of date: {sorted(drifted + stale)}")
+                print("run: python scripts/generate_protocol.py")
+                return 1
+            print(f"generated protocol code matches the .proto files ({len(fresh)} files)")
+            return 0
+        for name in stale:
+            (PROTO_DIR / name).unlink()
+        for p in fresh:
+            shutil.copy(p, PROTO_DIR / p.name)
+        print(f"wrote {len(fresh)} files to {PROTO_DIR}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""The KServe v2 `inference.GRPCInferenceService`, wire-compatible with tritonclient."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from trtserve.protocol import grpc_service_pb2 as pb
+from trtserve.protocol import grpc_service_pb2_grpc as pb_grpc
+from trtserve.server.api.codec import decode_request, encode_response
+from trtserve.server.api.statistics import model_statistics
+from trtserve.server.api.status import grpc_errors, outcome, status_code, status_message
+from trtserve.server.errors import InvalidArgument, ServerError, Unavailable
+from trtserve.server.metrics import ServerMetrics
+from trtserve.server.models.manager import ModelManager
+from trtserve.server.repository.model_config import config_from_settings
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "trtserve"
+EXTENSIONS = ("model_repository", "model_configuration", "statistics", "binary_tensor_data")
+
+
+class ServingState:
+    """Whether the server takes new inference requests (False once draining)."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.draining = False
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """Translates v2 RPCs into model manager calls."""
+
+    def __init__(
+        self, manager: ModelManager, metrics: ServerMetrics, state: ServingState, version: str
+    ) -> None:
+        self._manager = manager
+        self._metrics = metrics
+        self._state = state
+        self._version = version
+
+    @grpc_errors
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: object
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @grpc_errors
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: object
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._state.ready and not self._state.draining)
+
+    @grpc_errors
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: object
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=self._version, extensions=EXTENSIONS
+        )
+
+    @grpc_errors
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: object
+    ) -> pb.ModelReadyResponse:
+        try:
+            self._manager.get(_required(request.name, "name"), request.version)
+        except ServerError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=not self._state.draining)
+
+    @grpc_errors
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: object
+    ) -> pb.ModelMetadataResponse:
+        model = self._manager.get(_required(request.name, "name"), request.version)
+        batch = [-1] if model.settings.max_batch_size > 0 else []
+        reply = pb.ModelMetadataResponse(
+            name=model.name, versions=[str(model.version)], platform=model.settings.platform
+        )
+        for spec in model.inputs.values():
+            reply.inputs.add(name=spec.name, datatype=spec.datatype, shape=batch + list(spec.shape))
+        for spec in model.outputs.values():
+            reply.outputs.add(
+                name=spec.name, datatype=spec.datatype, shape=batch + list(spec.shape)
+            )
+        return reply
+
+    @grpc_errors
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: object
+    ) -> pb.ModelConfigResponse:
+        model = self._manager.get(_required(request.name, "name"), request.version)
+        return pb.ModelConfigResponse(config=config_from_settings(model.settings, model.io))
+
+    @grpc_errors
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: object
+    ) -> pb.ModelStatisticsResponse:
+        if request.name:
+            self._manager.get(request.name, request.version)
+        return model_statistics(self._metrics, request.name, request.version)
+
+    @grpc_errors
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: object
+    ) -> pb.RepositoryIndexResponse:
+        reply = pb.RepositoryIndexResponse()
+        for entry in self._manager.index():
+            if request.ready and entry.state != "READY":
+                continue
+            reply.models.add(
+                name=entry.name, version=entry.version, state=entry.state, reason=entry.reason
+            )
+        return reply
+
+    @grpc_errors
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: object
+    ) -> pb.RepositoryModelLoadResponse:
+        config_json, files = _load_parameters(request)
+        await self._manager.load(
+            _required(request.model_name, "model_name"), config_json=config_json, files=files
+        )
+        return pb.RepositoryModelLoadResponse()
+
+    @grpc_errors
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: object
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self._manager.unload(_required(request.model_name, "model_name"))
+        return pb.RepositoryModelUnloadResponse()
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ModelInferResponse:
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        try:
+            return await self._infer(request, deadline)
+        except ServerError as error:
+            await context.abort(status_code(error), status_message(error))
+            raise  # unreachable: abort raises
+
+    async def ModelStreamInfer(
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        # Requests run concurrently; responses go back as they finish, matched by `id`.
+        replies: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        reader = asyncio.create_task(self._read_stream(request_iterator, replies))
+        try:
+            while (reply := await replies.get()) is not None:
+                yield reply
+        finally:
+            reader.cancel()
+
+    async def _read_stream(
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        replies: asyncio.Queue[pb.ModelStreamInferResponse | None],
+    ) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            async for request in request_iterator:
+                task = asyncio.create_task(self._stream_one(request, replies))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            await replies.put(None)
+
+    async def _stream_one(
+        self,
+        request: pb.ModelInferRequest,
+        replies: asyncio.Queue[pb.ModelStreamInferResponse | None],
+    ) -> None:
+        try:
+            response = await self._infer(request, None)
+        except ServerError as error:
+            await replies.put(
+                pb.ModelStreamInferResponse(
+                    error_message=status_message(error),
+                    infer_response=pb.ModelInferResponse(
+                        model_name=request.model_name,
+                        model_version=request.model_version,
+                        id=request.id,
+                    ),
+                )
+            )
+            return
+        await replies.put(pb.ModelStreamInferResponse(infer_response=response))
+
+    async def _infer(
+        self, request: pb.ModelInferRequest, deadline: float | None
+    ) -> pb.ModelInferResponse:
+        started = time.perf_counter_ns()
+        name, version = request.model_name, request.model_version
+        queue_ns: int | None = None
+        error: BaseException | None = None
+        try:
+            if self._state.draining:
+                raise Unavailable("server is shutting down; retry on another replica")
+            model = self._manager.get(_required(name, "model_name"), version)
+            version = str(model.version)
+            inputs = decode_request(request, model, deadline)
+            result = await model.scheduler.submit(inputs)
+            queue_ns = result.queue_ns
+            return encode_response(request, model, result)
+        except ServerError as e:
+            error = e
+            raise
+        except Exception as e:
+            error = e
+            log.exception("model %s: unexpected inference failure", name)
+            raise ServerError(status_message(e)) from e
+        finally:
+            self._metrics.record_request(
+                name, version, outcome(error), time.perf_counter_ns() - started, queue_ns
+            )
+
+
+def _required(value: str, field: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{field}: expected a model name, received an empty string")
+    return value
+
+
+def _load_parameters(
+    request: pb.RepositoryModelLoadRequest,
+) -> tuple[str | None, dict[str, bytes]]:
+    """Split the `config` JSON and `file:<version>/<name>` overrides of a load request."""
+    config_json: str | None = None
+    files: dict[str, bytes] = {}
+    for key, param in request.parameters.items():
+        kind = param.WhichOneof("parameter_choice")
+        if key == "config":
+            if kind != "string_param":
+                raise InvalidArgument(f"parameter 'config': expected string_param, received {kind}")
+            config_json = param.string_param
+        elif key.startswith("file:"):
+            if kind != "bytes_param":
+                raise InvalidArgument(f"parameter '{key}': expected bytes_param, received {kind}")
+            files[key.removeprefix("file:")] = param.bytes_param
+        else:
+            raise InvalidArgument(
+                f"unknown load parameter '{key}'; expected 'config' or 'file:<version>/<name>'"
+            )
+    if files and config_json is None:
+        raise InvalidArgument(
+            "parameter 'config': required when file overrides are sent (as tritonclient does)"
+        )
+    return config_json, files

@@ -1,0 +1,169 @@
+"""Assemble and run the server: gRPC services, health, reflection, metrics, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import tempfile
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+
+from trtserve.protocol import (
+    grpc_service_pb2,
+    grpc_service_pb2_grpc,
+    trtserve_pb2,
+    trtserve_pb2_grpc,
+)
+from trtserve.server.api.inference_servicer import InferenceServicer, ServingState
+from trtserve.server.api.upload_servicer import UploadServicer
+from trtserve.server.backends.base import Backend
+from trtserve.server.backends.onnxruntime_backend import OnnxRuntimeBackend
+from trtserve.server.default_model import write_default_repository
+from trtserve.server.metrics import ServerMetrics
+from trtserve.server.models.manager import ModelManager, ModelState
+from trtserve.server.repository.repository import ModelRepository
+from trtserve.server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+# grpcio-health-checking's asyncio servicer is missing from the type stubs.
+AsyncHealthServicer = health.aio.HealthServicer  # type: ignore[attr-defined]
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def server_version() -> str:
+    """The installed trtserve version."""
+    try:
+        return version("trtserve")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def make_backends(settings: ServerSettings) -> dict[str, Backend]:
+    """Every backend this server offers, keyed by platform."""
+    backends: list[Backend] = [OnnxRuntimeBackend()]
+    return {b.platform: b for b in backends}
+
+
+@dataclass
+class RunningServer:
+    """A started server and the ports it bound."""
+
+    grpc_server: grpc.aio.Server
+    grpc_port: int
+    metrics_port: int
+    manager: ModelManager
+    state: ServingState
+    health: Any
+    settings: ServerSettings
+
+    async def drain_and_stop(self) -> None:
+        """Turn unready, refuse new requests, let in-flight ones finish, then stop."""
+        self.state.draining = True
+        await self.health.enter_graceful_shutdown()
+        await self.grpc_server.stop(self.settings.grace_period_s)
+        await self.manager.close()
+
+
+def _repository(settings: ServerSettings) -> ModelRepository:
+    if settings.repository is not None:
+        return ModelRepository(settings.repository)
+    root = Path(tempfile.mkdtemp(prefix="trtserve-default-repository-"))
+    names = write_default_repository(root)
+    log.info("no repository given: serving the built-in models %s from %s", names, root)
+    return ModelRepository(root)
+
+
+async def start_server(
+    settings: ServerSettings, registry: CollectorRegistry = REGISTRY
+) -> RunningServer:
+    """Load the repository and start serving; returns once the ports are bound."""
+    metrics = ServerMetrics(registry)
+    manager = ModelManager(
+        _repository(settings),
+        make_backends(settings),
+        metrics,
+        default_max_queue_size=settings.max_queue_size,
+    )
+    state = ServingState()
+    health_servicer = AsyncHealthServicer()
+    loop = asyncio.get_running_loop()
+
+    health_updates: set[asyncio.Task[None]] = set()
+
+    def on_state_change(model: str, model_state: ModelState) -> None:
+        status = _SERVING if model_state == ModelState.READY else _NOT_SERVING
+        task = loop.create_task(health_servicer.set(model, status))
+        health_updates.add(task)
+        task.add_done_callback(health_updates.discard)
+
+    manager.on_state_change = on_state_change
+    max_bytes = settings.max_message_mb * 1024 * 1024
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+        ]
+    )
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(manager, metrics, state, server_version()), server
+    )
+    trtserve_pb2_grpc.add_ModelUploadServicer_to_server(
+        UploadServicer(manager, settings.max_upload_mb * 1024 * 1024), server
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+            trtserve_pb2.DESCRIPTOR.services_by_name["ModelUpload"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    grpc_port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    metrics_port = _start_metrics(settings, registry)
+    await server.start()
+    await manager.load_all()
+    state.ready = True
+    await health_servicer.set("", _SERVING)
+    return RunningServer(server, grpc_port, metrics_port, manager, state, health_servicer, settings)
+
+
+def _start_metrics(settings: ServerSettings, registry: CollectorRegistry) -> int:
+    if settings.metrics_port < 0:
+        return -1
+    http_server, _thread = start_http_server(
+        settings.metrics_port, addr=settings.host, registry=registry
+    )
+    return int(http_server.server_port)
+
+
+async def serve(settings: ServerSettings) -> int:
+    """Run until SIGTERM or SIGINT, then drain; the exit status."""
+    running = await start_server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    ready = [m.name for m in running.manager.serving_models()]
+    # Tests and scripts read the bound ports from this line (ports may be 0 = any).
+    print(
+        f"trtserve: serving gRPC on {settings.host}:{running.grpc_port}, "
+        f"metrics on {settings.host}:{running.metrics_port}, models {ready}",
+        flush=True,
+    )
+    await stop.wait()
+    log.info("shutting down: draining for up to %.1f s", settings.grace_period_s)
+    await running.drain_and_stop()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,225 @@
+"""ONNX Runtime on the CPU: one InferenceSession per model instance."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trtserve.server.backends.base import (
+    Backend,
+    ExecutionResult,
+    ExecutionTimings,
+    LoadedModel,
+    ModelInstance,
+    Placement,
+)
+from trtserve.server.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    ServerError,
+    Unavailable,
+)
+from trtserve.server.specs import DeviceKind, ModelIO, ModelSettings, TensorSpec
+
+# ONNX Runtime's type strings and the v2 datatypes they carry.
+ORT_DATATYPES: dict[str, str] = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(bfloat16)": "BF16",
+    "tensor(string)": "BYTES",
+}
+INTRA_OP_THREADS = "intra_op_threads"
+
+
+class OnnxRuntimeBackend(Backend):
+    """Loads `.onnx` files and runs them with ONNX Runtime's CPU execution provider."""
+
+    platform = "onnxruntime_onnx"
+    default_filename = "model.onnx"
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as e:
+            return False, f"onnxruntime is not installed: {e}"
+        return True, ""
+
+    def load(self, path: Path, settings: ModelSettings) -> OnnxRuntimeModel:
+        threads = _intra_op_threads(settings)
+        # One session validates the file and tells its tensors; instances make their own.
+        session = _create_session(path, settings.name, threads)
+        io = _model_io(session, settings.name)
+        return OnnxRuntimeModel(path, settings.name, io, threads)
+
+
+class OnnxRuntimeModel(LoadedModel):
+    """A validated ONNX file; each instance opens its own session on it."""
+
+    def __init__(self, path: Path, name: str, io: ModelIO, intra_op_threads: int) -> None:
+        self._path = path
+        self._name = name
+        self._io = io
+        self._threads = intra_op_threads
+
+    @property
+    def io(self) -> ModelIO:
+        return self._io
+
+    def create_instance(self, placement: Placement) -> OnnxRuntimeInstance:
+        if placement.kind is not DeviceKind.CPU:
+            raise FailedPrecondition(
+                f"model '{self._name}' instance {placement.index}: expected a CPU placement "
+                f"(the ONNX Runtime backend runs on the CPU), received "
+                f"{placement.kind.value} {placement.device_id}"
+            )
+        session = _create_session(self._path, self._name, self._threads)
+        return OnnxRuntimeInstance(session, self._name, self._io)
+
+    def close(self) -> None:
+        """Nothing to release: sessions belong to the instances."""
+
+
+class OnnxRuntimeInstance(ModelInstance):
+    """One InferenceSession, run by one scheduler thread at a time."""
+
+    def __init__(self, session: Any, name: str, io: ModelIO) -> None:
+        self._session: Any = session
+        self._name = name
+        self._string_inputs = {t.name for t in io.inputs if t.datatype == "BYTES"}
+        self._string_outputs = {t.name for t in io.outputs if t.datatype == "BYTES"}
+        self._all_outputs = [t.name for t in io.outputs]
+
+    def execute(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> ExecutionResult:
+        session = self._session
+        if session is None:
+            raise Unavailable(f"model '{self._name}': instance is closed")
+        start = time.perf_counter_ns()
+        feeds = {name: self._feed(name, array) for name, array in inputs.items()}
+        names = list(output_names) or self._all_outputs
+        ready = time.perf_counter_ns()
+        values = self._run(session, names, feeds)
+        done = time.perf_counter_ns()
+        outputs = {
+            name: _bytes_array(value) if name in self._string_outputs else value
+            for name, value in zip(names, values, strict=True)
+        }
+        end = time.perf_counter_ns()
+        return ExecutionResult(outputs, ExecutionTimings(ready - start, done - ready, end - done))
+
+    def _feed(self, name: str, array: np.ndarray) -> np.ndarray:
+        if name in self._string_inputs:
+            return _string_array(self._name, name, array)
+        return np.ascontiguousarray(array)
+
+    def _run(self, session: Any, names: list[str], feeds: dict[str, np.ndarray]) -> list[Any]:
+        from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtInvalid
+
+        try:
+            return list(session.run(names, feeds))
+        except OrtInvalid as e:
+            raise InvalidArgument(f"model '{self._name}': {e}") from None
+        except Exception as e:
+            raise Internal(f"model '{self._name}': ONNX Runtime failed: {e}") from None
+
+    def close(self) -> None:
+        # Dropping the last reference frees the session; ORT has no explicit close.
+        self._session = None
+
+
+def _intra_op_threads(settings: ModelSettings) -> int:
+    raw = settings.parameters.get(INTRA_OP_THREADS, "1")
+    try:
+        threads = int(raw)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise InvalidArgument(
+            f"model '{settings.name}': parameter '{INTRA_OP_THREADS}': expected a positive "
+            f"integer, received {raw!r}"
+        )
+    return threads
+
+
+def _create_session(path: Path, name: str, intra_op_threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # One thread per instance by default, so N instances use N cores without contending.
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if not path.is_file():
+        raise FailedPrecondition(
+            f"model '{name}': expected an ONNX model file at {path}, received no such file"
+        )
+    try:
+        # A path, not bytes, so models with external weight files load too.
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except ServerError:
+        raise
+    except Exception as e:
+        raise FailedPrecondition(
+            f"model '{name}': expected a valid ONNX model at {path}, "
+            f"received one ONNX Runtime cannot load: {e}"
+        ) from None
+
+
+def _model_io(session: Any, name: str) -> ModelIO:
+    inputs = tuple(_tensor_spec(arg, name, "input") for arg in session.get_inputs())
+    outputs = tuple(_tensor_spec(arg, name, "output") for arg in session.get_outputs())
+    batched = all(len(t.shape) > 0 and t.shape[0] == -1 for t in inputs + outputs)
+    return ModelIO(inputs, outputs, max_batch_size=-1 if batched else 0)
+
+
+def _tensor_spec(arg: Any, name: str, role: str) -> TensorSpec:
+    datatype = ORT_DATATYPES.get(arg.type)
+    if datatype is None:
+        raise FailedPrecondition(
+            f"model '{name}': {role} '{arg.name}': expected a tensor of one of "
+            f"{', '.join(ORT_DATATYPES)}, received {arg.type}"
+        )
+    shape = arg.shape or []
+    return TensorSpec(arg.name, datatype, tuple(d if isinstance(d, int) else -1 for d in shape))
+
+
+def _string_array(model: str, tensor: str, array: np.ndarray) -> np.ndarray:
+    # ORT takes str elements for string tensors; bytes elements would be stringified as "b'..'".
+    try:
+        flat = [
+            item.decode("utf-8") if isinstance(item, bytes) else str(item)
+            for item in array.reshape(-1)
+        ]
+    except UnicodeDecodeError as e:
+        raise InvalidArgument(
+            f"model '{model}': input '{tensor}': expected UTF-8 strings for an ONNX string "
+            f"tensor, received bytes that are not UTF-8 ({e.reason} at byte {e.start})"
+        ) from None
+    out = np.empty(len(flat), dtype=np.object_)
+    out[:] = flat
+    return out.reshape(array.shape)
+
+
+def _bytes_array(value: Any) -> np.ndarray:
+    array = np.asarray(value, dtype=np.object_)
+    out = np.empty(array.size, dtype=np.object_)
+    out[:] = [
+        item.encode("utf-8") if isinstance(item, str) else bytes(item) for item in array.reshape(-1)
+    ]
+    return out.reshape(array.shape)

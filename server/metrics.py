@@ -1,0 +1,195 @@
+"""Prometheus metrics and the per-model statistics that ModelStatistics reports.
+
+One recording call updates both, so `/metrics` and the ModelStatistics RPC never disagree.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+# Latency buckets in seconds, from 50 us (a tiny model on a warm path) to 30 s.
+_LATENCY_BUCKETS = (
+    5e-5,
+    1e-4,
+    2.5e-4,
+    5e-4,
+    1e-3,
+    2.5e-3,
+    5e-3,
+    1e-2,
+    2.5e-2,
+    5e-2,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+MODEL_STATES = ("LOADING", "READY", "UNAVAILABLE", "UNLOADING")
+
+
+@dataclass
+class Duration:
+    """A count and a total in nanoseconds (the protocol's StatisticDuration)."""
+
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+
+@dataclass
+class BatchStats:
+    """Compute time spent on batches of one size."""
+
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass
+class VersionStats:
+    """Counters of one model version since it was first loaded."""
+
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    inference_count: int = 0
+    execution_count: int = 0
+    last_inference_ms: int = 0
+    batches: dict[int, BatchStats] = field(default_factory=dict)
+
+
+class ServerMetrics:
+    """Every metric the server exports, registered once per registry."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        labels = ("model", "version")
+        self.requests = Counter(
+            "trtserve_requests",
+            "Inference requests by outcome.",
+            (*labels, "outcome"),
+            registry=registry,
+        )
+        self.request_latency = self._histogram(
+            registry,
+            "trtserve_request_duration_seconds",
+            "End-to-end request latency inside the server.",
+        )
+        self.queue_latency = self._histogram(
+            registry, "trtserve_queue_duration_seconds", "Time requests wait in the batch queue."
+        )
+        self.compute_input_latency = self._histogram(
+            registry,
+            "trtserve_compute_input_duration_seconds",
+            "Time per batch to prepare and copy inputs.",
+        )
+        self.compute_infer_latency = self._histogram(
+            registry, "trtserve_compute_infer_duration_seconds", "Time per batch to execute."
+        )
+        self.compute_output_latency = self._histogram(
+            registry,
+            "trtserve_compute_output_duration_seconds",
+            "Time per batch to copy and split outputs.",
+        )
+        self.batch_size = Histogram(
+            "trtserve_batch_size",
+            "Requests' combined batch size per execution.",
+            labels,
+            buckets=_BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.pending = Gauge(
+            "trtserve_pending_requests",
+            "Requests queued or executing.",
+            labels,
+            registry=registry,
+        )
+        self.model_state = Gauge(
+            "trtserve_model_state",
+            "1 for the state each model version is in.",
+            (*labels, "state"),
+            registry=registry,
+        )
+        self._stats: dict[tuple[str, str], VersionStats] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _histogram(registry: CollectorRegistry, name: str, doc: str) -> Histogram:
+        return Histogram(
+            name, doc, ("model", "version"), buckets=_LATENCY_BUCKETS, registry=registry
+        )
+
+    def stats(self, model: str, version: str) -> VersionStats:
+        """The statistics of one model version (created empty on first use)."""
+        with self._lock:
+            return self._stats.setdefault((model, version), VersionStats())
+
+    def snapshot(self) -> dict[tuple[str, str], VersionStats]:
+        """All statistics, keyed by (model, version)."""
+        with self._lock:
+            return dict(self._stats)
+
+    def set_state(self, model: str, version: str, state: str) -> None:
+        """Mark the state of a model version (one of MODEL_STATES, or "" once it is gone)."""
+        for s in MODEL_STATES:
+            self.model_state.labels(model, version, s).set(1 if s == state else 0)
+
+    def record_request(
+        self, model: str, version: str, outcome: str, total_ns: int, queue_ns: int | None
+    ) -> None:
+        """Record one finished request; queue_ns is None when it never reached the queue."""
+        self.requests.labels(model, version, outcome).inc()
+        self.request_latency.labels(model, version).observe(total_ns / 1e9)
+        stats = self.stats(model, version)
+        with self._lock:
+            if outcome == "success":
+                stats.success.add(total_ns)
+                stats.inference_count += 1
+                stats.last_inference_ms = time.time_ns() // 1_000_000
+            else:
+                stats.fail.add(total_ns)
+            if queue_ns is not None:
+                stats.queue.add(queue_ns)
+        if queue_ns is not None:
+            self.queue_latency.labels(model, version).observe(queue_ns / 1e9)
+
+    def record_execution(
+        self,
+        model: str,
+        version: str,
+        batch_size: int,
+        requests: int,
+        input_ns: int,
+        infer_ns: int,
+        output_ns: int,
+    ) -> None:
+        """Record one executed batch made of `requests` requests."""
+        self.batch_size.labels(model, version).observe(batch_size)
+        self.compute_input_latency.labels(model, version).observe(input_ns / 1e9)
+        self.compute_infer_latency.labels(model, version).observe(infer_ns / 1e9)
+        self.compute_output_latency.labels(model, version).observe(output_ns / 1e9)
+        stats = self.stats(model, version)
+        with self._lock:
+            stats.execution_count += 1
+            # Per-request durations, as Triton reports them: each request carries its batch's.
+            stats.compute_input.add(input_ns * requests, requests)
+            stats.compute_infer.add(infer_ns * requests, requests)
+            stats.compute_output.add(output_ns * requests, requests)
+            batch = stats.batches.setdefault(batch_size, BatchStats())
+            batch.compute_input.add(input_ns)
+            batch.compute_infer.add(infer_ns)
+            batch.compute_output.add(output_ns)

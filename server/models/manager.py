@@ -1,0 +1,271 @@
+"""Loads, reloads and unloads models, and tracks the state of each.
+
+A reload builds the new version completely (backend load, instances, scheduler) before it
+replaces the serving one, so a model that fails to load leaves the previous version serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from trtserve.server.backends.base import Backend, LoadedModel, ModelInstance, Placement
+from trtserve.server.errors import FailedPrecondition, NotFound, ServerError, Unavailable
+from trtserve.server.metrics import ServerMetrics
+from trtserve.server.models.serving_model import ServingModel
+from trtserve.server.repository.model_config import complete_settings
+from trtserve.server.repository.repository import ModelRepository
+from trtserve.server.scheduler.batcher import ModelScheduler, SchedulerConfig
+from trtserve.server.specs import DeviceKind, ModelSettings
+
+log = logging.getLogger(__name__)
+
+
+class ModelState(StrEnum):
+    """A model's state as RepositoryIndex reports it."""
+
+    LOADING = "LOADING"
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNLOADING = "UNLOADING"
+
+
+@dataclass
+class ModelRecord:
+    """What the manager knows of one model name."""
+
+    name: str
+    state: ModelState
+    reason: str = ""
+    serving: ServingModel | None = None
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One line of the repository index."""
+
+    name: str
+    version: str
+    state: str
+    reason: str
+
+
+class ModelManager:
+    """The set of models this server knows, loaded from one repository."""
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        backends: Mapping[str, Backend],
+        metrics: ServerMetrics,
+        *,
+        default_max_queue_size: int,
+    ) -> None:
+        self.repository = repository
+        self._backends = dict(backends)
+        self._metrics = metrics
+        self._default_max_queue_size = default_max_queue_size
+        self._records: dict[str, ModelRecord] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        # Called on every state change; the API layer keeps per-model health with it.
+        self.on_state_change: Callable[[str, ModelState], None] | None = None
+
+    async def load_all(self) -> None:
+        """Load every model of the repository; a failure leaves that model UNAVAILABLE."""
+        names = await asyncio.to_thread(self.repository.model_names)
+        for name in names:
+            try:
+                await self.load(name, fall_back=True)
+            except ServerError as error:
+                log.warning("model %s not loaded: %s", name, error)
+
+    async def load(
+        self,
+        name: str,
+        *,
+        config_json: str | None = None,
+        files: Mapping[str, bytes] | None = None,
+        fall_back: bool = False,
+    ) -> ServingModel:
+        """Write the given config and files, then (re)load the model's newest version.
+
+        With `fall_back`, older versions are tried when the newest fails (used at start-up,
+        so a broken upload never takes down a model that has a good older version).
+        """
+        async with self._lock(name):
+            if config_json is not None:
+                await asyncio.to_thread(self.repository.write_config_json, name, config_json)
+            for relative_path, data in (files or {}).items():
+                await asyncio.to_thread(self.repository.write_file, name, relative_path, data)
+            return await self._load_locked(name, fall_back)
+
+    async def unload(self, name: str) -> None:
+        """Stop serving a model; queued requests finish first. Files stay in the repository."""
+        async with self._lock(name):
+            record = self._records.get(name)
+            if record is None or record.serving is None:
+                raise NotFound(f"model '{name}' is not loaded")
+            serving = record.serving
+            self._set_state(record, ModelState.UNLOADING, "", str(serving.version))
+            await serving.close(drain=True)
+            record.serving = None
+            self._set_state(record, ModelState.UNAVAILABLE, "unloaded", str(serving.version))
+
+    def get(self, name: str, version: str = "") -> ServingModel:
+        """The serving model for a request; NotFound or Unavailable with the reason."""
+        record = self._records.get(name)
+        if record is None:
+            raise NotFound(f"unknown model '{name}'; loaded models: {self._ready_names()}")
+        if record.serving is None:
+            raise Unavailable(
+                f"model '{name}' is not ready (state {record.state.value}"
+                + (f": {record.reason})" if record.reason else ")")
+            )
+        if version and version != str(record.serving.version):
+            raise NotFound(
+                f"model '{name}': version {version!r} is not served; "
+                f"served version: {record.serving.version}"
+            )
+        return record.serving
+
+    def index(self) -> list[IndexEntry]:
+        """Every model known here or present in the repository, with its state."""
+        entries = {
+            name: IndexEntry(
+                name,
+                str(r.serving.version) if r.serving else "",
+                r.state.value,
+                r.reason,
+            )
+            for name, r in self._records.items()
+        }
+        for name in self.repository.model_names():
+            entries.setdefault(
+                name, IndexEntry(name, "", ModelState.UNAVAILABLE.value, "not loaded")
+            )
+        return [entries[n] for n in sorted(entries)]
+
+    def serving_models(self) -> list[ServingModel]:
+        """Every model version taking requests now."""
+        return [r.serving for r in self._records.values() if r.serving is not None]
+
+    async def close(self) -> None:
+        """Drain and release every model."""
+        for record in list(self._records.values()):
+            if record.serving is not None:
+                await record.serving.close(drain=True)
+                record.serving = None
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def _ready_names(self) -> list[str]:
+        return sorted(n for n, r in self._records.items() if r.serving is not None)
+
+    async def _load_locked(self, name: str, fall_back: bool) -> ServingModel:
+        settings = await asyncio.to_thread(self.repository.read_settings, name)
+        versions = await asyncio.to_thread(self.repository.versions, name)
+        if not versions:
+            raise NotFound(f"model '{name}' has no version folder in the repository")
+        record = self._records.setdefault(name, ModelRecord(name, ModelState.LOADING))
+        previous = record.serving
+        candidates = sorted(versions, reverse=True) if fall_back else [max(versions)]
+        if previous is None:
+            self._set_state(record, ModelState.LOADING, "", str(candidates[0]))
+        error: ServerError | None = None
+        for version in candidates:
+            try:
+                serving = await self._build(name, version, settings)
+            except ServerError as e:
+                log.warning("model %s version %d failed to load: %s", name, version, e)
+                error = e
+                continue
+            record.serving = serving
+            self._set_state(record, ModelState.READY, "", str(version))
+            if previous is not None:
+                await previous.close(drain=True)
+            return serving
+        assert error is not None
+        if previous is None:
+            self._set_state(record, ModelState.UNAVAILABLE, str(error), str(candidates[0]))
+        else:
+            record.reason = f"reload failed, version {previous.version} still serving: {error}"
+        raise error
+
+    async def _build(self, name: str, version: int, settings: ModelSettings) -> ServingModel:
+        backend = self._backends.get(settings.platform)
+        if backend is None:
+            raise FailedPrecondition(
+                f"model '{name}': platform {settings.platform!r} is not supported; "
+                f"expected one of {sorted(self._backends)}"
+            )
+        ok, why = backend.available()
+        if not ok:
+            raise Unavailable(f"model '{name}': backend {settings.platform} unavailable: {why}")
+        path = self.repository.model_path(name, version, settings)
+        if not path.is_file():
+            raise NotFound(f"model '{name}' version {version}: model file {path.name} is missing")
+        loaded = await asyncio.to_thread(backend.load, path, settings)
+        try:
+            complete = complete_settings(settings, loaded.io)
+            instances = await asyncio.to_thread(_create_instances, loaded, complete)
+        except BaseException:
+            await asyncio.to_thread(loaded.close)
+            raise
+        scheduler = ModelScheduler(
+            self._scheduler_config(complete, version), instances, self._metrics
+        )
+        scheduler.start()
+        return ServingModel(name, version, complete, loaded.io, loaded, instances, scheduler)
+
+    def _scheduler_config(self, settings: ModelSettings, version: int) -> SchedulerConfig:
+        return SchedulerConfig(
+            model=settings.name,
+            version=str(version),
+            max_batch_size=settings.max_batch_size,
+            batching=settings.batching,
+            max_queue_size=settings.batching.max_queue_size or self._default_max_queue_size,
+        )
+
+    def _set_state(self, record: ModelRecord, state: ModelState, reason: str, version: str) -> None:
+        record.state = state
+        record.reason = reason
+        self._metrics.set_state(record.name, version, state.value)
+        if self.on_state_change is not None:
+            self.on_state_change(record.name, state)
+        log.info(
+            "model state changed",
+            extra={
+                "model": record.name,
+                "version": version,
+                "state": state.value,
+                "reason": reason,
+            },
+        )
+
+
+def _create_instances(loaded: LoadedModel, settings: ModelSettings) -> list[ModelInstance]:
+    instances: list[ModelInstance] = []
+    try:
+        for placement in _placements(settings):
+            instances.append(loaded.create_instance(placement))
+    except BaseException:
+        for instance in instances:
+            instance.close()
+        raise
+    return instances
+
+
+def _placements(settings: ModelSettings) -> list[Placement]:
+    placements: list[Placement] = []
+    for group in settings.instance_groups:
+        devices = group.device_ids or (0,)
+        if group.kind == DeviceKind.CPU:
+            devices = (0,)
+        for device_id in devices:
+            for _ in range(group.count):
+                placements.append(Placement(group.kind, device_id, len(placements)))
+    return placements

@@ -1,0 +1,373 @@
+"""Triton-compatible model configuration: parse, validate, complete and report it.
+
+A model's configuration is the protobuf ``ModelConfig`` (``config.pbtxt`` in text format or
+``config.json``, the form tritonclient's ``load_model(config=...)`` sends). It becomes the
+server's ``ModelSettings``; ``complete_settings`` fills and checks it against the tensors the
+model file really has, and ``config_from_settings`` turns it back into a ``ModelConfig`` for the
+ModelConfig RPC.
+
+Shapes: with ``max_batch_size > 0`` a setting's tensor shapes leave out the batch dimension
+(Triton's ``dims``); ``ModelIO`` shapes are the model file's and include it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+from google.protobuf import json_format, text_format
+from google.protobuf.message import DecodeError
+
+from trtserve.protocol import model_config_pb2
+from trtserve.protocol.datatypes import BY_CONFIG_NAME, BY_NAME
+from trtserve.server.errors import FailedPrecondition, InvalidArgument
+from trtserve.server.specs import (
+    BatchingSettings,
+    DeviceKind,
+    InstanceGroup,
+    ModelIO,
+    ModelSettings,
+    TensorSpec,
+)
+
+ONNXRUNTIME = "onnxruntime_onnx"
+TENSORRT = "tensorrt_plan"
+# Each platform's model file name inside a version folder when the config names none.
+DEFAULT_FILENAMES: dict[str, str] = {ONNXRUNTIME: "model.onnx", TENSORRT: "model.plan"}
+# Triton's `backend` field names the same platforms differently.
+BACKEND_PLATFORMS: dict[str, str] = {"onnxruntime": ONNXRUNTIME, "tensorrt": TENSORRT}
+_PLATFORM_BACKENDS = {platform: backend for backend, platform in BACKEND_PLATFORMS.items()}
+# Where instances run when the config does not say: TensorRT needs a GPU, ONNX Runtime here
+# runs on the CPU.
+_DEFAULT_KIND = {ONNXRUNTIME: DeviceKind.CPU, TENSORRT: DeviceKind.GPU}
+
+# A plain file or folder name: no separators, bounded, and never "." or "..".
+FILE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+_Group = model_config_pb2.ModelInstanceGroup
+
+
+def is_plain_name(name: str) -> bool:
+    """Whether `name` is a plain file or folder name of the accepted characters."""
+    return FILE_NAME.fullmatch(name) is not None and name not in (".", "..")
+
+
+def parse_config_text(
+    text: str, fmt: Literal["pbtxt", "json"], model_name: str
+) -> model_config_pb2.ModelConfig:
+    """Parse a config in protobuf text format or JSON; unknown fields are ignored."""
+    cfg = model_config_pb2.ModelConfig()
+    try:
+        if fmt == "pbtxt":
+            text_format.Parse(text, cfg, allow_unknown_field=True)
+        elif fmt == "json":
+            json_format.Parse(text, cfg, ignore_unknown_fields=True)
+            _check_json_data_types(text, model_name)
+        else:
+            raise InvalidArgument(
+                f"model '{model_name}': config format: expected 'pbtxt' or 'json', received {fmt!r}"
+            )
+    except (text_format.ParseError, json_format.ParseError, DecodeError, ValueError) as e:
+        raise InvalidArgument(
+            f"model '{model_name}': config ({fmt}): expected a valid ModelConfig, "
+            f"received text that does not parse: {e}"
+        ) from None
+    return cfg
+
+
+def _check_json_data_types(text: str, model_name: str) -> None:
+    # ignore_unknown_fields also drops unknown enum names, which would then read as
+    # TYPE_INVALID; name what the client really sent instead.
+    document = json.loads(text)
+    for role in ("input", "output"):
+        tensors = document.get(role) if isinstance(document, dict) else None
+        for tensor in tensors if isinstance(tensors, list) else []:
+            received = tensor.get("data_type") if isinstance(tensor, dict) else None
+            if isinstance(received, str) and received not in BY_CONFIG_NAME:
+                raise InvalidArgument(
+                    f"model '{model_name}': {role} '{tensor.get('name', '')}': data_type: "
+                    f"expected one of {', '.join(BY_CONFIG_NAME)}, received {received}"
+                )
+
+
+def settings_from_config(
+    cfg: model_config_pb2.ModelConfig, model_name: str, default_platform: str = ""
+) -> ModelSettings:
+    """Validate a parsed config and turn it into settings.
+
+    `default_platform` is used when the config names neither platform nor backend (the
+    repository guesses it from the model file's extension).
+    """
+    if cfg.name and cfg.name != model_name:
+        raise InvalidArgument(
+            f"model '{model_name}': config name: expected '{model_name}' (the model's folder "
+            f"or load name), received '{cfg.name}'"
+        )
+    platform = _platform(cfg, model_name, default_platform)
+    if cfg.max_batch_size < 0:
+        raise InvalidArgument(
+            f"model '{model_name}': max_batch_size: expected 0 or more, "
+            f"received {cfg.max_batch_size}"
+        )
+    if cfg.default_model_filename and not is_plain_name(cfg.default_model_filename):
+        raise InvalidArgument(
+            f"model '{model_name}': default_model_filename: expected a plain file name "
+            f"matching {FILE_NAME.pattern}, received {cfg.default_model_filename!r}"
+        )
+    return ModelSettings(
+        name=model_name,
+        platform=platform,
+        max_batch_size=cfg.max_batch_size,
+        inputs=_tensors(model_name, "input", cfg.input),
+        outputs=_tensors(model_name, "output", cfg.output),
+        batching=_batching(cfg, model_name),
+        instance_groups=_instance_groups(cfg, model_name, platform),
+        default_model_filename=cfg.default_model_filename,
+        parameters={key: value.string_value for key, value in cfg.parameters.items()},
+    )
+
+
+def _platform(cfg: model_config_pb2.ModelConfig, model_name: str, default: str) -> str:
+    from_backend = ""
+    if cfg.backend:
+        if cfg.backend not in BACKEND_PLATFORMS:
+            raise InvalidArgument(
+                f"model '{model_name}': backend: expected one of "
+                f"{', '.join(sorted(BACKEND_PLATFORMS))}, received '{cfg.backend}'"
+            )
+        from_backend = BACKEND_PLATFORMS[cfg.backend]
+    if cfg.platform:
+        if cfg.platform not in DEFAULT_FILENAMES:
+            raise InvalidArgument(
+                f"model '{model_name}': platform: expected one of "
+                f"{', '.join(sorted(DEFAULT_FILENAMES))}, received '{cfg.platform}'"
+            )
+        if from_backend and from_backend != cfg.platform:
+            raise InvalidArgument(
+                f"model '{model_name}': backend: expected '{_PLATFORM_BACKENDS[cfg.platform]}' "
+                f"for platform '{cfg.platform}', received '{cfg.backend}'"
+            )
+        return cfg.platform
+    platform = from_backend or default
+    if not platform:
+        raise InvalidArgument(
+            f"model '{model_name}': platform: expected one of "
+            f"{', '.join(sorted(DEFAULT_FILENAMES))} (or a backend, or a model file named "
+            f"{' or '.join(sorted(DEFAULT_FILENAMES.values()))}), received none"
+        )
+    return platform
+
+
+def _tensors(
+    model_name: str,
+    role: str,
+    tensors: Iterable[model_config_pb2.ModelInput | model_config_pb2.ModelOutput],
+) -> tuple[TensorSpec, ...]:
+    specs: list[TensorSpec] = []
+    seen: set[str] = set()
+    for tensor in tensors:
+        if not tensor.name:
+            raise InvalidArgument(
+                f"model '{model_name}': {role} name: expected a non-empty name, received ''"
+            )
+        if tensor.name in seen:
+            raise InvalidArgument(
+                f"model '{model_name}': {role} '{tensor.name}': expected a unique name, "
+                f"received it twice"
+            )
+        seen.add(tensor.name)
+        type_name = model_config_pb2.DataType.Name(tensor.data_type)
+        datatype = BY_CONFIG_NAME.get(type_name)
+        if datatype is None:
+            raise InvalidArgument(
+                f"model '{model_name}': {role} '{tensor.name}': data_type: expected one of "
+                f"{', '.join(BY_CONFIG_NAME)}, received {type_name}"
+            )
+        bad = [d for d in tensor.dims if d < -1]
+        if bad:
+            raise InvalidArgument(
+                f"model '{model_name}': {role} '{tensor.name}': dims: expected values of -1 "
+                f"or more, received {list(tensor.dims)}"
+            )
+        specs.append(TensorSpec(tensor.name, datatype.name, tuple(int(d) for d in tensor.dims)))
+    return tuple(specs)
+
+
+def _batching(cfg: model_config_pb2.ModelConfig, model_name: str) -> BatchingSettings:
+    # A model without a batch dimension runs one request at a time whatever the config says.
+    if not cfg.HasField("dynamic_batching") or cfg.max_batch_size == 0:
+        return BatchingSettings()
+    dyn = cfg.dynamic_batching
+    for size in dyn.preferred_batch_size:
+        if size < 1 or size > cfg.max_batch_size:
+            raise InvalidArgument(
+                f"model '{model_name}': dynamic_batching.preferred_batch_size: expected "
+                f"values from 1 to max_batch_size {cfg.max_batch_size}, "
+                f"received {list(dyn.preferred_batch_size)}"
+            )
+    return BatchingSettings(
+        enabled=True,
+        preferred_batch_sizes=tuple(sorted(set(dyn.preferred_batch_size))),
+        max_queue_delay_us=dyn.max_queue_delay_microseconds,
+        max_queue_size=dyn.default_queue_policy.max_queue_size,
+    )
+
+
+def _instance_groups(
+    cfg: model_config_pb2.ModelConfig, model_name: str, platform: str
+) -> tuple[InstanceGroup, ...]:
+    default_kind = _DEFAULT_KIND[platform]
+    if not cfg.instance_group:
+        return (InstanceGroup(kind=default_kind),)
+    groups: list[InstanceGroup] = []
+    for i, group in enumerate(cfg.instance_group):
+        # proto3 cannot tell an unset count from 0; Triton reads both as 1.
+        count = group.count if group.count != 0 else 1
+        if count < 1:
+            raise InvalidArgument(
+                f"model '{model_name}': instance_group[{i}].count: expected 1 or more, "
+                f"received {group.count}"
+            )
+        if group.kind == _Group.KIND_GPU:
+            kind = DeviceKind.GPU
+        elif group.kind == _Group.KIND_CPU:
+            kind = DeviceKind.CPU
+        else:
+            kind = default_kind
+        bad_gpus = [g for g in group.gpus if g < 0]
+        if bad_gpus:
+            raise InvalidArgument(
+                f"model '{model_name}': instance_group[{i}].gpus: expected device ordinals "
+                f"of 0 or more, received {list(group.gpus)}"
+            )
+        device_ids = tuple(group.gpus) if kind is DeviceKind.GPU else ()
+        groups.append(InstanceGroup(count=count, kind=kind, device_ids=device_ids))
+    return tuple(groups)
+
+
+def _without_batch(tensors: Sequence[TensorSpec], batched: bool) -> tuple[TensorSpec, ...]:
+    if not batched:
+        return tuple(tensors)
+    return tuple(dataclasses.replace(t, shape=t.shape[1:]) for t in tensors)
+
+
+def config_from_settings(
+    settings: ModelSettings, io: ModelIO | None
+) -> model_config_pb2.ModelConfig:
+    """The ModelConfig the server reports for a model (tensors from `io` when undeclared)."""
+    batched = settings.max_batch_size > 0
+    inputs = settings.inputs
+    outputs = settings.outputs
+    if io is not None:
+        inputs = inputs or _without_batch(io.inputs, batched)
+        outputs = outputs or _without_batch(io.outputs, batched)
+    cfg = model_config_pb2.ModelConfig(
+        name=settings.name,
+        platform=settings.platform,
+        backend=_PLATFORM_BACKENDS.get(settings.platform, ""),
+        max_batch_size=settings.max_batch_size,
+        default_model_filename=settings.default_model_filename,
+    )
+    for spec in inputs:
+        cfg.input.add(name=spec.name, data_type=BY_NAME[spec.datatype].config_name, dims=spec.shape)
+    for spec in outputs:
+        cfg.output.add(
+            name=spec.name, data_type=BY_NAME[spec.datatype].config_name, dims=spec.shape
+        )
+    for group in settings.instance_groups:
+        kind = _Group.KIND_GPU if group.kind is DeviceKind.GPU else _Group.KIND_CPU
+        cfg.instance_group.add(count=group.count, kind=kind, gpus=group.device_ids)
+    if settings.batching.enabled:
+        dyn = cfg.dynamic_batching
+        dyn.SetInParent()
+        dyn.preferred_batch_size.extend(settings.batching.preferred_batch_sizes)
+        dyn.max_queue_delay_microseconds = settings.batching.max_queue_delay_us
+        if settings.batching.max_queue_size:
+            dyn.default_queue_policy.max_queue_size = settings.batching.max_queue_size
+    for key, value in settings.parameters.items():
+        cfg.parameters[key].string_value = value
+    return cfg
+
+
+def complete_settings(settings: ModelSettings, io: ModelIO) -> ModelSettings:
+    """Fill undeclared tensors from the model file and check declared ones against it.
+
+    Raises FailedPrecondition naming the tensor, the expected and the received value when the
+    config and the model file disagree.
+    """
+    batched = settings.max_batch_size > 0
+    if batched:
+        _check_batch_dimension(settings, io)
+    _check_declared(settings, "input", settings.inputs, io.inputs, batched, require_all=True)
+    _check_declared(settings, "output", settings.outputs, io.outputs, batched, require_all=False)
+    return dataclasses.replace(
+        settings,
+        inputs=settings.inputs or _without_batch(io.inputs, batched),
+        outputs=settings.outputs or _without_batch(io.outputs, batched),
+    )
+
+
+def _check_batch_dimension(settings: ModelSettings, io: ModelIO) -> None:
+    if io.max_batch_size == 0:
+        raise FailedPrecondition(
+            f"model '{settings.name}': max_batch_size: expected 0 because the model file has "
+            f"no variable batch dimension on every input and output, "
+            f"received {settings.max_batch_size}"
+        )
+    if 0 < io.max_batch_size < settings.max_batch_size:
+        raise FailedPrecondition(
+            f"model '{settings.name}': max_batch_size: expected at most {io.max_batch_size} "
+            f"(the model file's largest batch), received {settings.max_batch_size}"
+        )
+
+
+def _check_declared(
+    settings: ModelSettings,
+    role: str,
+    declared: Sequence[TensorSpec],
+    actual: Sequence[TensorSpec],
+    batched: bool,
+    require_all: bool,
+) -> None:
+    if not declared:
+        return
+    by_name = {t.name: t for t in actual}
+    for spec in declared:
+        real = by_name.get(spec.name)
+        if real is None:
+            raise FailedPrecondition(
+                f"model '{settings.name}': {role} '{spec.name}': expected one of the model "
+                f"file's {role}s {', '.join(repr(n) for n in by_name)}, received "
+                f"'{spec.name}'"
+            )
+        if spec.datatype != real.datatype:
+            raise FailedPrecondition(
+                f"model '{settings.name}': {role} '{spec.name}': expected datatype "
+                f"{real.datatype} (the model file's), received {spec.datatype}"
+            )
+        real_dims = real.shape[1:] if batched else real.shape
+        if not _dims_compatible(spec.shape, real_dims):
+            raise FailedPrecondition(
+                f"model '{settings.name}': {role} '{spec.name}': expected dims compatible with "
+                f"{list(real_dims)} (the model file's"
+                f"{', batch dimension left out' if batched else ''}), "
+                f"received {list(spec.shape)}"
+            )
+    if require_all:
+        missing = [t.name for t in actual if t.name not in {s.name for s in declared}]
+        if missing:
+            raise FailedPrecondition(
+                f"model '{settings.name}': {role} '{missing[0]}': expected in the config "
+                f"because the model file needs it, received a config without it"
+            )
+
+
+def _dims_compatible(declared: Sequence[int], real: Sequence[int]) -> bool:
+    # A variable dimension in the file accepts anything the config narrows it to; a fixed one
+    # must be declared exactly, or requests the config allows would fail inside the backend.
+    if len(declared) != len(real):
+        return False
+    return all(r == -1 or d == r for d, r in zip(declared, real, strict=True))

@@ -1,0 +1,118 @@
+"""Server settings from defaults, a TOML file, TRTSERVE_* environment variables and flags.
+
+Later sources win: defaults < config file < environment < command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "TRTSERVE_"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything `trtserve serve` can be told; field docs are the `--help` texts."""
+
+    host: str = field(default="0.0.0.0", metadata={"help": "address to bind gRPC and metrics to"})
+    grpc_port: int = field(default=8001, metadata={"help": "gRPC port (0 picks a free one)"})
+    metrics_port: int = field(
+        default=8002, metadata={"help": "Prometheus /metrics HTTP port (0 picks one, -1 disables)"}
+    )
+    repository: Path | None = field(
+        default=None,
+        metadata={"help": "model repository folder; none serves the built-in example models"},
+    )
+    runtimes_dir: Path | None = field(
+        default=None, metadata={"help": "TensorRT lean runtimes folder (`trtserve runtimes`)"}
+    )
+    max_message_mb: int = field(
+        default=64,
+        metadata={"help": "largest gRPC message in MiB, both ways (raise for huge tensors)"},
+    )
+    max_queue_size: int = field(
+        default=1024,
+        metadata={"help": "default per-model queue limit; over it: RESOURCE_EXHAUSTED"},
+    )
+    max_upload_mb: int = field(default=4096, metadata={"help": "largest uploaded model file"})
+    grace_period_s: float = field(
+        default=10.0, metadata={"help": "on SIGTERM, seconds in-flight requests get to finish"}
+    )
+    allow_runtime_install: bool = field(
+        default=False,
+        metadata={"help": "install a missing TensorRT lean runtime on first need (network)"},
+    )
+    trusted_plan_sha256: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "sha256 of plans with an embedded lean runtime allowed to run"},
+    )
+    trusted_keys: tuple[Path, ...] = field(
+        default=(),
+        metadata={"help": "ed25519 public keys whose signed plans may run embedded host code"},
+    )
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    log_format: str = field(default="text", metadata={"help": "text or json (one object a line)"})
+
+
+def env_name(name: str) -> str:
+    """The environment variable of a setting."""
+    return ENV_PREFIX + name.upper()
+
+
+def _convert(f: dataclasses.Field[Any], value: Any) -> Any:
+    kind = str(f.type)
+    if kind.startswith("tuple"):
+        items = value.split(",") if isinstance(value, str) else list(value)
+        inner = Path if "Path" in kind else str
+        return tuple(inner(str(v).strip()) for v in items if str(v).strip())
+    if "Path" in kind:
+        return Path(value).expanduser() if value not in (None, "") else None
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        return str(value).strip().lower() in ("1", "true", "yes", "on")
+    if kind == "int":
+        return int(value)
+    if kind == "float":
+        return float(value)
+    return str(value)
+
+
+def load_settings(
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ServerSettings:
+    """Merge the sources; `overrides` are flags given on the command line (None = not given)."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        data = tomllib.loads(config_file.read_text())
+        data = data.get("server", data)
+        known = {f.name for f in fields(ServerSettings)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{config_file}: unknown settings {unknown}; known: {sorted(known)}")
+        values.update(data)
+    for f in fields(ServerSettings):
+        if env_name(f.name) in environ:
+            values[f.name] = environ[env_name(f.name)]
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = value
+    converted: dict[str, Any] = {}
+    for f in fields(ServerSettings):
+        if f.name in values:
+            try:
+                converted[f.name] = _convert(f, values[f.name])
+            except ValueError as error:
+                raise ValueError(
+                    f"setting {f.name}: expected {f.type}, received {values[f.name]!r}"
+                ) from error
+    return ServerSettings(**converted)

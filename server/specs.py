@@ -1,0 +1,73 @@
+"""Records that describe a model: its tensors and its serving settings.
+
+They are shared by every layer, from the repository (which parses them from config files) to
+the backends (which report the tensors a model file really has).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: v2 datatype name and shape, -1 for a variable dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """The tensors a loaded model file declares, shapes as the model sees them."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    # Largest first dimension accepted when dimension 0 is a batch dimension, -1 when
+    # unbounded, 0 when the model has no batch dimension.
+    max_batch_size: int
+
+
+class DeviceKind(StrEnum):
+    """Where a model instance runs."""
+
+    CPU = "cpu"
+    GPU = "gpu"
+
+
+@dataclass(frozen=True)
+class InstanceGroup:
+    """`count` instances of a model on each listed device (GPUs), or on the CPU."""
+
+    count: int = 1
+    kind: DeviceKind = DeviceKind.CPU
+    device_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class BatchingSettings:
+    """Dynamic batcher settings; `enabled` is False for one-by-one execution."""
+
+    enabled: bool = False
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 0
+    # 0 means the server's default limit.
+    max_queue_size: int = 0
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """A model's configuration, parsed from its config file or an API load request."""
+
+    name: str
+    platform: str
+    # 0: requests are not batched and their shapes include every dimension.
+    max_batch_size: int = 0
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    batching: BatchingSettings = field(default_factory=BatchingSettings)
+    instance_groups: tuple[InstanceGroup, ...] = (InstanceGroup(),)
+    default_model_filename: str = ""
+    parameters: dict[str, str] = field(default_factory=dict)

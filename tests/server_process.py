@@ -1,0 +1,88 @@
+"""Start a real `trtserve serve` process for end-to-end tests and stop it cleanly."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_READY = re.compile(r"serving gRPC on ([^ ]+):(\d+), metrics on [^ ]+:(-?\d+)")
+
+
+@dataclass
+class ServerProcess:
+    """A server subprocess, its ports and everything it printed."""
+
+    process: subprocess.Popen[str]
+    grpc_port: int
+    metrics_port: int
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM, wait for the exit and return its status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def start_server(
+    extra_args: Sequence[str] = (), env: dict[str, str] | None = None, timeout: float = 60.0
+) -> ServerProcess:
+    """Run `trtserve serve` on free loopback ports; return once it reports it is serving."""
+    args = [
+        sys.executable,
+        "-u",
+        "-m",
+        "trtserve.cli.main",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        *extra_args,
+    ]
+    process = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    found: list[re.Match[str]] = []
+    done = threading.Event()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if not found and (m := _READY.search(line)):
+                found.append(m)
+                done.set()
+        done.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not done.wait(timeout) or not found:
+        process.kill()
+        raise RuntimeError("server did not start:\n" + "".join(lines))
+    m = found[0]
+    return ServerProcess(process, int(m.group(2)), int(m.group(3)), lines)

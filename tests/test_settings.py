@@ -1,0 +1,48 @@
+"""Server settings: defaults, TOML file, environment and flags, in that order of strength."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trtserve.server.settings import ServerSettings, load_settings
+
+
+def test_defaults_without_sources() -> None:
+    assert load_settings(environ={}) == ServerSettings()
+
+
+def test_file_then_environment_then_flags(tmp_path: Path) -> None:
+    config = tmp_path / "trtserve.toml"
+    config.write_text('[server]\ngrpc_port = 9100\nmetrics_port = 9101\nlog_level = "DEBUG"\n')
+    environ = {"TRTSERVE_METRICS_PORT": "9201", "TRTSERVE_LOG_LEVEL": "WARNING"}
+    settings = load_settings(config, environ, overrides={"log_level": "ERROR", "host": None})
+    assert (settings.grpc_port, settings.metrics_port, settings.log_level) == (9100, 9201, "ERROR")
+    assert settings.host == "0.0.0.0"
+
+
+def test_types_are_converted(tmp_path: Path) -> None:
+    environ = {
+        "TRTSERVE_REPOSITORY": str(tmp_path),
+        "TRTSERVE_ALLOW_RUNTIME_INSTALL": "true",
+        "TRTSERVE_TRUSTED_PLAN_SHA256": "aa, bb",
+        "TRTSERVE_GRACE_PERIOD_S": "2.5",
+    }
+    settings = load_settings(environ=environ)
+    assert settings.repository == tmp_path
+    assert settings.allow_runtime_install is True
+    assert settings.trusted_plan_sha256 == ("aa", "bb")
+    assert settings.grace_period_s == 2.5
+
+
+def test_bad_value_names_the_setting() -> None:
+    with pytest.raises(ValueError, match=r"setting grpc_port: expected int, received 'abc'"):
+        load_settings(environ={"TRTSERVE_GRPC_PORT": "abc"})
+
+
+def test_unknown_key_in_file_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("grpc_prot = 1\n")
+    with pytest.raises(ValueError, match="unknown settings \\['grpc_prot'\\]"):
+        load_settings(config, environ={})
