@@ -149,16 +149,26 @@ class ServerMetrics:
             self.model_state.labels(model, version, s).set(1 if s == state else 0)
 
     def record_request(
-        self, model: str, version: str, outcome: str, total_ns: int, queue_ns: int | None
+        self,
+        model: str,
+        version: str,
+        outcome: str,
+        total_ns: int,
+        queue_ns: int | None,
+        batch_size: int = 1,
     ) -> None:
-        """Record one finished request; queue_ns is None when it never reached the queue."""
+        """Record one finished request; queue_ns is None when it never reached the queue.
+
+        `inference_count` counts batch items, as the protocol defines it; `success` counts
+        requests.
+        """
         self.requests.labels(model, version, outcome).inc()
         self.request_latency.labels(model, version).observe(total_ns / 1e9)
         stats = self.stats(model, version)
         with self._lock:
             if outcome == "success":
                 stats.success.add(total_ns)
-                stats.inference_count += 1
+                stats.inference_count += batch_size
                 stats.last_inference_ms = time.time_ns() // 1_000_000
             else:
                 stats.fail.add(total_ns)

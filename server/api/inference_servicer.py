@@ -205,6 +205,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         started = time.perf_counter_ns()
         name, version = request.model_name, request.model_version
         queue_ns: int | None = None
+        batch_size = 1
         error: BaseException | None = None
         try:
             if self._state.draining:
@@ -212,6 +213,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             model = self._manager.get(_required(name, "model_name"), version)
             version = str(model.version)
             inputs = decode_request(request, model, deadline)
+            batch_size = inputs.batch_size
             result = await model.scheduler.submit(inputs)
             queue_ns = result.queue_ns
             return encode_response(request, model, result)
@@ -224,7 +226,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise ServerError(status_message(e)) from e
         finally:
             self._metrics.record_request(
-                name, version, outcome(error), time.perf_counter_ns() - started, queue_ns
+                name,
+                version,
+                outcome(error),
+                time.perf_counter_ns() - started,
+                queue_ns,
+                batch_size,
             )
 
 

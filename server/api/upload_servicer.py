@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from trtserve.protocol import trtserve_pb2 as tpb
 from trtserve.protocol import trtserve_pb2_grpc as tpb_grpc
 from trtserve.server.api.status import grpc_errors
-from trtserve.server.errors import InvalidArgument
+from trtserve.server.errors import InvalidArgument, NotFound
 from trtserve.server.models.manager import ModelManager
 from trtserve.server.repository.repository import ModelRepository
 
@@ -28,7 +28,10 @@ class UploadServicer(tpb_grpc.ModelUploadServicer):
         header = await _read_header(request_iterator)
         name = header.model_name
         repository = self._manager.repository
-        versions = await asyncio.to_thread(repository.versions, name) if name else []
+        try:
+            versions = await asyncio.to_thread(repository.versions, name)
+        except NotFound:  # a new model: its folder is created by the write below
+            versions = []
         version = header.version or (max(versions, default=0) + 1)
         if version < 0:
             raise InvalidArgument(
