@@ -26,10 +26,14 @@ from trtserve.server.api.inference_servicer import InferenceServicer, ServingSta
 from trtserve.server.api.upload_servicer import UploadServicer
 from trtserve.server.backends.base import Backend
 from trtserve.server.backends.onnxruntime_backend import OnnxRuntimeBackend
+from trtserve.server.backends.tensorrt_backend import PLATFORM as TENSORRT_PLATFORM
+from trtserve.server.backends.tensorrt_backend import TensorRTBackend
 from trtserve.server.default_model import write_default_repository
 from trtserve.server.metrics import ServerMetrics
 from trtserve.server.models.manager import ModelManager, ModelState
 from trtserve.server.repository.repository import ModelRepository
+from trtserve.server.runtime.lean_store import LeanStore
+from trtserve.server.runtime.trust import TrustPolicy
 from trtserve.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -48,10 +52,29 @@ def server_version() -> str:
         return "0+unknown"
 
 
+def make_tensorrt_backend(settings: ServerSettings) -> TensorRTBackend:
+    """The TensorRT backend with the configured lean runtime store and trust policy."""
+    trust = TrustPolicy.from_files(
+        public_key_files=settings.trusted_keys, allowed_sha256=settings.trusted_plan_sha256
+    )
+    return TensorRTBackend(
+        LeanStore(settings.runtimes_dir), trust, auto_install=settings.allow_runtime_install
+    )
+
+
 def make_backends(settings: ServerSettings) -> dict[str, Backend]:
     """Every backend this server offers, keyed by platform."""
-    backends: list[Backend] = [OnnxRuntimeBackend()]
+    backends: list[Backend] = [OnnxRuntimeBackend(), make_tensorrt_backend(settings)]
     return {b.platform: b for b in backends}
+
+
+def _preload_runtimes(settings: ServerSettings, backends: dict[str, Backend]) -> None:
+    if not settings.preload_runtimes:
+        return
+    backend = backends[TENSORRT_PLATFORM]
+    assert isinstance(backend, TensorRTBackend)
+    loaded = backend.preload(settings.preload_runtimes)
+    log.info("preloaded TensorRT lean runtimes %s", loaded)
 
 
 @dataclass
@@ -65,6 +88,7 @@ class RunningServer:
     state: ServingState
     health: Any
     settings: ServerSettings
+    backends: dict[str, Backend]
 
     async def drain_and_stop(self) -> None:
         """Turn unready, refuse new requests, let in-flight ones finish, then stop."""
@@ -72,6 +96,9 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(self.settings.grace_period_s)
         await self.manager.close()
+        for backend in self.backends.values():
+            if isinstance(backend, TensorRTBackend):
+                await asyncio.to_thread(backend.close)
 
 
 def _repository(settings: ServerSettings) -> ModelRepository:
@@ -88,9 +115,11 @@ async def start_server(
 ) -> RunningServer:
     """Load the repository and start serving; returns once the ports are bound."""
     metrics = ServerMetrics(registry)
+    backends = make_backends(settings)
+    await asyncio.to_thread(_preload_runtimes, settings, backends)
     manager = ModelManager(
         _repository(settings),
-        make_backends(settings),
+        backends,
         metrics,
         default_max_queue_size=settings.max_queue_size,
     )
@@ -136,7 +165,9 @@ async def start_server(
     await manager.load_all()
     state.ready = True
     await health_servicer.set("", _SERVING)
-    return RunningServer(server, grpc_port, metrics_port, manager, state, health_servicer, settings)
+    return RunningServer(
+        server, grpc_port, metrics_port, manager, state, health_servicer, settings, backends
+    )
 
 
 def _start_metrics(settings: ServerSettings, registry: CollectorRegistry) -> int:

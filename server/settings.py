@@ -48,6 +48,10 @@ class ServerSettings:
         default=False,
         metadata={"help": "install a missing TensorRT lean runtime on first need (network)"},
     )
+    preload_runtimes: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "TensorRT lean runtime versions to load at start (e.g. 11.0.0.114)"},
+    )
     trusted_plan_sha256: tuple[str, ...] = field(
         default=(),
         metadata={"help": "sha256 of plans with an embedded lean runtime allowed to run"},

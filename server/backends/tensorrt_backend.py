@@ -52,8 +52,13 @@ from trtserve.server.runtime.lean_cache import (
     LeanRuntimeLease,
     process_lean_cache,
 )
-from trtserve.server.runtime.lean_store import LeanStore
-from trtserve.server.runtime.plan_header import PlanHeader, PlanHeaderError, read_plan_header
+from trtserve.server.runtime.lean_store import LeanStore, install_command
+from trtserve.server.runtime.plan_header import (
+    PlanHeader,
+    PlanHeaderError,
+    TrtVersion,
+    read_plan_header,
+)
 from trtserve.server.runtime.routing import Route, RouteKind, route_plan
 from trtserve.server.runtime.trt_logger import RECORDER
 from trtserve.server.runtime.trust import TrustDecision, TrustPolicy, read_signature_file
@@ -107,6 +112,7 @@ class TensorRTBackend(Backend):
         self._runtimes = runtimes
         self.auto_install = auto_install
         self.cuda_major = cuda_major
+        self._preloaded: list[LeanRuntimeLease] = []
 
     @property
     def runtimes(self) -> LeanCache:
@@ -125,6 +131,34 @@ class TensorRTBackend(Backend):
                 f"the {DISPATCH_MODULE} package is not installed (pip install 'trtserve[tensorrt]')"
             )
         return True, ""
+
+    def preload(self, versions: Sequence[str]) -> list[str]:
+        """Load lean runtimes before any plan needs them and hold them until `close`.
+
+        A warm cache makes the first model load of each version fast; the versions must be
+        installed in the store.
+        """
+        ok, why = self.available()
+        if not ok:
+            raise Unavailable(f"cannot preload TensorRT lean runtimes: {why}")
+        loaded: list[str] = []
+        for text in versions:
+            version = TrtVersion.parse(text)
+            library = self.store.path_for(version)
+            if library is None:
+                raise Unavailable(
+                    f"preload_runtimes: lean runtime {version} is not installed in "
+                    f"{self.store.root}; run `{install_command(version)}`"
+                )
+            self._preloaded.append(self.runtimes.acquire(version, library))
+            loaded.append(str(version))
+        return loaded
+
+    def close(self) -> None:
+        """Release the preloaded lean runtimes (after every model is closed)."""
+        leases, self._preloaded = self._preloaded, []
+        for lease in leases:
+            lease.release()
 
     def load(self, path: Path, settings: ModelSettings) -> LoadedModel:
         name = settings.name
@@ -192,12 +226,18 @@ class TensorRTModel(LoadedModel):
         self._engines: dict[int, Any] = {}
         self._instances: list[TensorRTInstance] = []
         engine = self._engine(device_id)
-        self.tensors = describe_tensors(engine, name)
-        self._io = ModelIO(
-            inputs=tuple(_spec(t) for t in self.tensors if t.is_input),
-            outputs=tuple(_spec(t) for t in self.tensors if not t.is_input),
-            max_batch_size=max_batch_size(engine, self.tensors),
-        )
+        try:
+            self.tensors = describe_tensors(engine, name)
+            self._io = ModelIO(
+                inputs=tuple(_spec(t) for t in self.tensors if t.is_input),
+                outputs=tuple(_spec(t) for t in self.tensors if not t.is_input),
+                max_batch_size=max_batch_size(engine, self.tensors),
+            )
+        except BaseException:
+            # The caller releases the lease next: the engine must be gone first.
+            del engine
+            self._engines.clear()
+            raise
 
     @property
     def io(self) -> ModelIO:
@@ -209,7 +249,10 @@ class TensorRTModel(LoadedModel):
                 f"model '{self.name}': TensorRT plans run on a GPU; instance kind "
                 f"'{placement.kind.value}' was requested (use KIND_GPU)"
             )
-        require_device(placement.device_id)
+        try:
+            require_device(placement.device_id)
+        except ServerError as e:
+            raise _prefixed(e, self.name) from None
         engine = self._engine(placement.device_id)
         instance = TensorRTInstance(self.name, engine, self.tensors, placement)
         with self._lock:

@@ -93,7 +93,7 @@ def preview_route(header: PlanHeader, store: LeanStore) -> RoutePreview:
         )
     library = store.path_for(header.version)
     if library is None:
-        hint = f"not installed in {store.root}: run `{install_command(header.version)}`"
+        hint = f"run `{install_command(header.version)}` (runtimes folder {store.root})"
     else:
         hint = f"installed at {library}"
     return RoutePreview(

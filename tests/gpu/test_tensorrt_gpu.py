@@ -1,0 +1,202 @@
+"""The TensorRT backend on a GPU with the real 11.0.0.114 plan and its lean runtime.
+
+Needs a CUDA device, tensorrt_dispatch, cuda-bindings, the plans (../shared/plans or
+$TRTSERVE_TEST_PLANS) and lean runtime 11.0.0.114 installed in $TRTSERVE_RUNTIMES_DIR
+(`trtserve runtimes install 11.0.0.114`). Skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from trtserve.server.backends.base import Placement
+from trtserve.server.backends.tensorrt_backend import TensorRTBackend, TensorRTModel
+from trtserve.server.errors import FailedPrecondition, Unavailable
+from trtserve.server.runtime.cuda_device import cuda_device_count
+from trtserve.server.runtime.lean_store import ENV_RUNTIMES_DIR, LeanStore
+from trtserve.server.runtime.plan_header import TrtVersion
+from trtserve.server.specs import DeviceKind, InstanceGroup, ModelSettings
+
+pytestmark = pytest.mark.gpu
+
+PLAN_NAME = "conv_relu_trt11.0.0.114.plan"
+VERSION = TrtVersion(11, 0, 0, 114)
+
+
+def plans_dir() -> Path:
+    configured = os.environ.get("TRTSERVE_TEST_PLANS")
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parents[2] / ".." / "shared" / "plans"
+
+
+def requirements_missing() -> str:
+    if importlib.util.find_spec("tensorrt_dispatch") is None:
+        return "tensorrt_dispatch is not installed"
+    if cuda_device_count() == 0:
+        return "no CUDA device"
+    if not (plans_dir() / PLAN_NAME).is_file():
+        return f"{PLAN_NAME} not found in {plans_dir()}"
+    if not os.environ.get(ENV_RUNTIMES_DIR):
+        return f"{ENV_RUNTIMES_DIR} is not set"
+    if LeanStore().path_for(VERSION) is None:
+        return f"lean runtime {VERSION} is not installed in ${ENV_RUNTIMES_DIR}"
+    return ""
+
+
+_missing = requirements_missing()
+if _missing:
+    pytest.skip(_missing, allow_module_level=True)
+
+
+def settings(name: str = "conv_relu", devices: tuple[int, ...] = (0,)) -> ModelSettings:
+    return ModelSettings(
+        name=name,
+        platform="tensorrt_plan",
+        instance_groups=(InstanceGroup(1, DeviceKind.GPU, devices),),
+    )
+
+
+def gpu(index: int = 0, device_id: int = 0) -> Placement:
+    return Placement(DeviceKind.GPU, device_id=device_id, index=index)
+
+
+@pytest.fixture(scope="module")
+def backend() -> TensorRTBackend:
+    return TensorRTBackend(store=LeanStore())
+
+
+@pytest.fixture(scope="module")
+def model(backend: TensorRTBackend) -> Iterator[TensorRTModel]:
+    loaded = backend.load(plans_dir() / PLAN_NAME, settings())
+    assert isinstance(loaded, TensorRTModel)
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture(scope="module")
+def x() -> np.ndarray:
+    np.random.seed(0)
+    return np.random.rand(1, 3, 224, 224).astype(np.float32) - 0.5
+
+
+def direct_run(x: np.ndarray) -> np.ndarray:
+    """The same plan run with TensorRT and cuda-bindings directly, no trtserve code."""
+    import tensorrt_dispatch as trt
+    from cuda.bindings import runtime as cudart
+
+    def ok(result: Any) -> Any:
+        err = result[0] if isinstance(result, tuple) else result
+        assert int(err) == 0, f"CUDA error {err}"
+        return result[1] if isinstance(result, tuple) and len(result) > 1 else None
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    dispatch = trt.Runtime(logger)
+    lean = dispatch.load_runtime(str(LeanStore().path_for(VERSION)))
+    engine = lean.deserialize_cuda_engine((plans_dir() / PLAN_NAME).read_bytes())
+    context = engine.create_execution_context()
+    out = np.empty((1, 16, 222, 222), dtype=np.float32)
+    stream = ok(cudart.cudaStreamCreate())
+    d_in = ok(cudart.cudaMalloc(x.nbytes))
+    d_out = ok(cudart.cudaMalloc(out.nbytes))
+    h2d, d2h = (
+        cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
+        cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
+    )
+    ok(cudart.cudaMemcpy(d_in, x.ctypes.data, x.nbytes, h2d))
+    assert context.set_tensor_address("x", int(d_in))
+    assert context.set_tensor_address("output0", int(d_out))
+    assert context.execute_async_v3(int(stream))
+    ok(cudart.cudaStreamSynchronize(stream))
+    ok(cudart.cudaMemcpy(out.ctypes.data, d_out, out.nbytes, d2h))
+    ok(cudart.cudaFree(d_in))
+    ok(cudart.cudaFree(d_out))
+    ok(cudart.cudaStreamDestroy(stream))
+    del context, engine, lean
+    return out
+
+
+def test_io_is_derived_from_the_engine(model: TensorRTModel) -> None:
+    io = model.io
+    assert [(t.name, t.datatype, t.shape) for t in io.inputs] == [("x", "FP32", (1, 3, 224, 224))]
+    assert [(t.name, t.datatype, t.shape) for t in io.outputs] == [
+        ("output0", "FP32", (1, 16, 222, 222))
+    ]
+    assert io.max_batch_size == 0
+
+
+def test_execute_matches_a_direct_tensorrt_run(model: TensorRTModel, x: np.ndarray) -> None:
+    instance = model.create_instance(gpu())
+    try:
+        result = instance.execute({"x": x}, ["output0"])
+    finally:
+        instance.close()
+    out = result.outputs["output0"]
+    assert out.shape == (1, 16, 222, 222)
+    assert out.dtype == np.float32
+    assert (out >= 0).all()
+    assert abs(float(out.max()) - 0.891) < 0.001
+    assert result.timings.compute_infer_ns > 0
+    assert result.timings.compute_input_ns > 0
+    assert result.timings.compute_output_ns > 0
+    expected = direct_run(x)
+    assert out.tobytes() == expected.tobytes()
+
+
+def test_instances_run_concurrently_with_equal_results(model: TensorRTModel, x: np.ndarray) -> None:
+    instances = [model.create_instance(gpu(index=i)) for i in range(4)]
+    results: dict[int, bytes] = {}
+
+    def work(i: int) -> None:
+        for _ in range(20):
+            out = instances[i].execute({"x": x}, ["output0"]).outputs["output0"]
+        results[i] = out.tobytes()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for instance in instances:
+        instance.close()
+    assert len(results) == 4
+    assert len(set(results.values())) == 1
+
+
+def test_lean_runtime_is_held_while_the_model_lives(
+    backend: TensorRTBackend, model: TensorRTModel
+) -> None:
+    assert backend.runtimes.loaded().get(VERSION, 0) >= 1
+
+
+def test_missing_device_is_a_clear_error(model: TensorRTModel) -> None:
+    count = cuda_device_count()
+    with pytest.raises(FailedPrecondition, match=f"CUDA device {count} does not exist"):
+        model.create_instance(gpu(device_id=count))
+
+
+def test_plan_of_a_missing_version_is_unavailable(backend: TensorRTBackend) -> None:
+    plan = plans_dir() / "conv_relu_trt10.0.1.6.plan"
+    if backend.store.path_for(TrtVersion(10, 0, 1, 6)) is not None:
+        pytest.skip("10.0.1.6 is installed here")
+    with pytest.raises(Unavailable, match=r"runtimes install 10\.0\.1\.6"):
+        backend.load(plan, settings("old"))
+
+
+def test_wrong_dtype_is_refused(model: TensorRTModel, x: np.ndarray) -> None:
+    from trtserve.server.errors import InvalidArgument
+
+    instance = model.create_instance(gpu())
+    try:
+        with pytest.raises(InvalidArgument, match="expected datatype FP32"):
+            instance.execute({"x": x.astype(np.float64)}, ["output0"])
+    finally:
+        instance.close()
