@@ -16,13 +16,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
-from trtserve.protocol import (
-    grpc_service_pb2,
-    grpc_service_pb2_grpc,
-    trtserve_pb2,
-    trtserve_pb2_grpc,
-)
+from trtserve.protocol import grpc_service_pb2, trtserve_pb2
 from trtserve.server.api.inference_servicer import InferenceServicer, ServingState
+from trtserve.server.api.registration import add_service
 from trtserve.server.api.upload_servicer import UploadServicer
 from trtserve.server.backends.base import Backend
 from trtserve.server.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -143,17 +139,19 @@ async def start_server(
             ("grpc.max_send_message_length", max_bytes),
         ]
     )
-    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(manager, metrics, state, server_version()), server
+    inference_service = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    upload_service = trtserve_pb2.DESCRIPTOR.services_by_name["ModelUpload"]
+    add_service(
+        server, InferenceServicer(manager, metrics, state, server_version()), inference_service
     )
-    trtserve_pb2_grpc.add_ModelUploadServicer_to_server(
-        UploadServicer(manager, settings.max_upload_mb * 1024 * 1024), server
+    add_service(
+        server, UploadServicer(manager, settings.max_upload_mb * 1024 * 1024), upload_service
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
-            grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
-            trtserve_pb2.DESCRIPTOR.services_by_name["ModelUpload"].full_name,
+            inference_service.full_name,
+            upload_service.full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),

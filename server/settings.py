@@ -72,9 +72,11 @@ def env_name(name: str) -> str:
 def _convert(f: dataclasses.Field[Any], value: Any) -> Any:
     kind = str(f.type)
     if kind.startswith("tuple"):
-        items = value.split(",") if isinstance(value, str) else list(value)
+        # Lists come comma-separated (environment) or repeated (flags, TOML): accept both.
+        raw = [value] if isinstance(value, str) else list(value)
+        items = [part.strip() for item in raw for part in str(item).split(",")]
         inner = Path if "Path" in kind else str
-        return tuple(inner(str(v).strip()) for v in items if str(v).strip())
+        return tuple(inner(v) for v in items if v)
     if "Path" in kind:
         return Path(value).expanduser() if value not in (None, "") else None
     if kind == "bool":

@@ -46,3 +46,9 @@ def test_unknown_key_in_file_is_refused(tmp_path: Path) -> None:
     config.write_text("grpc_prot = 1\n")
     with pytest.raises(ValueError, match="unknown settings \\['grpc_prot'\\]"):
         load_settings(config, environ={})
+
+
+def test_list_flags_accept_repeats_and_commas() -> None:
+    overrides = {"preload_runtimes": ["10.16.1.11,11.0.0.114", "11.4.0.106"]}
+    settings = load_settings(environ={}, overrides=overrides)
+    assert settings.preload_runtimes == ("10.16.1.11", "11.0.0.114", "11.4.0.106")

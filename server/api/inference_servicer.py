@@ -13,9 +13,10 @@ import grpc
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from trtserve.server.api.codec import decode_request, encode_response
+from trtserve.server.api.registration import require_message
 from trtserve.server.api.statistics import model_statistics
 from trtserve.server.api.status import grpc_errors, outcome, status_code, status_message
-from trtserve.server.errors import InvalidArgument, ServerError, Unavailable
+from trtserve.server.errors import Internal, InvalidArgument, ServerError, Unavailable
 from trtserve.server.metrics import ServerMetrics
 from trtserve.server.models.manager import ModelManager
 from trtserve.server.repository.model_config import config_from_settings
@@ -203,32 +204,38 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, deadline: float | None
     ) -> pb.ModelInferResponse:
         started = time.perf_counter_ns()
-        name, version = request.model_name, request.model_version
+        request = require_message(request)
+        if self._state.draining:
+            raise Unavailable("server is shutting down; retry on another replica")
+        # Metrics are labelled only with models and versions that exist, so clients cannot
+        # grow them (or ModelStatistics) by naming made-up ones.
+        model = self._manager.get(
+            _required(request.model_name, "model_name"), request.model_version
+        )
         queue_ns: int | None = None
         batch_size = 1
-        error: BaseException | None = None
+        # Stays "cancelled" when the client goes away and the task is cancelled mid-request.
+        result = "cancelled"
         try:
-            if self._state.draining:
-                raise Unavailable("server is shutting down; retry on another replica")
-            model = self._manager.get(_required(name, "model_name"), version)
-            version = str(model.version)
             inputs = decode_request(request, model, deadline)
             batch_size = inputs.batch_size
-            result = await model.scheduler.submit(inputs)
-            queue_ns = result.queue_ns
-            return encode_response(request, model, result)
+            response = await model.scheduler.submit(inputs)
+            queue_ns = response.queue_ns
+            reply = encode_response(request, model, response)
+            result = "success"
+            return reply
         except ServerError as e:
-            error = e
+            result = outcome(e)
             raise
         except Exception as e:
-            error = e
-            log.exception("model %s: unexpected inference failure", name)
-            raise ServerError(status_message(e)) from e
+            result = outcome(e)
+            log.exception("model %s: unexpected inference failure", model.name)
+            raise Internal(status_message(e)) from e
         finally:
             self._metrics.record_request(
-                name,
-                version,
-                outcome(error),
+                model.name,
+                str(model.version),
+                result,
                 time.perf_counter_ns() - started,
                 queue_ns,
                 batch_size,

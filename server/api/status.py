@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import grpc
 
 from trtserve.server import errors
+from trtserve.server.api.registration import require_message
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def grpc_errors(method: Handler) -> Handler:
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
-            return await method(self, request, context)
+            return await method(self, require_message(request), context)
         except errors.ServerError as error:
             await context.abort(status_code(error), status_message(error))
         except Exception as error:

@@ -16,8 +16,13 @@ from trtserve.server.backends.base import Backend, LoadedModel, ModelInstance, P
 from trtserve.server.errors import FailedPrecondition, NotFound, ServerError, Unavailable
 from trtserve.server.metrics import ServerMetrics
 from trtserve.server.models.serving_model import ServingModel
-from trtserve.server.repository.model_config import complete_settings
+from trtserve.server.repository.model_config import complete_settings, parse_config_text
 from trtserve.server.repository.repository import ModelRepository
+from trtserve.server.repository.transaction import (
+    RepositoryChange,
+    StreamedFile,
+    recover_interrupted,
+)
 from trtserve.server.scheduler.batcher import ModelScheduler, SchedulerConfig
 from trtserve.server.specs import DeviceKind, ModelSettings
 
@@ -75,6 +80,7 @@ class ModelManager:
 
     async def load_all(self) -> None:
         """Load every model of the repository; a failure leaves that model UNAVAILABLE."""
+        await asyncio.to_thread(recover_interrupted, self.repository)
         names = await asyncio.to_thread(self.repository.model_names)
         for name in names:
             try:
@@ -87,20 +93,33 @@ class ModelManager:
         name: str,
         *,
         config_json: str | None = None,
-        files: Mapping[str, bytes] | None = None,
+        files: Mapping[str, bytes | StreamedFile] | None = None,
         fall_back: bool = False,
     ) -> ServingModel:
         """Write the given config and files, then (re)load the model's newest version.
+
+        The writes are undone when the load fails, so the folder keeps serving what it served.
 
         With `fall_back`, older versions are tried when the newest fails (used at start-up,
         so a broken upload never takes down a model that has a good older version).
         """
         async with self._lock(name):
             if config_json is not None:
-                await asyncio.to_thread(self.repository.write_config_json, name, config_json)
-            for relative_path, data in (files or {}).items():
-                await asyncio.to_thread(self.repository.write_file, name, relative_path, data)
-            return await self._load_locked(name, fall_back)
+                # Malformed JSON is refused before anything is written.
+                parse_config_text(config_json, "json", name)
+            change = RepositoryChange(self.repository, name)
+            try:
+                if config_json is not None:
+                    await asyncio.to_thread(change.write_config_json, config_json)
+                for relative_path, data in (files or {}).items():
+                    await asyncio.to_thread(change.write_file, relative_path, data)
+                serving = await self._load_locked(name, fall_back)
+            except BaseException:
+                # The folder goes back to what it was, so a restart serves the old version too.
+                await asyncio.to_thread(change.rollback)
+                raise
+            await asyncio.to_thread(change.commit)
+            return serving
 
     async def unload(self, name: str) -> None:
         """Stop serving a model; queued requests finish first. Files stay in the repository."""
@@ -184,6 +203,8 @@ class ModelManager:
                 error = e
                 continue
             record.serving = serving
+            # ModelStatistics lists a ready model before its first request, as clients expect.
+            self._metrics.stats(name, str(version))
             self._set_state(record, ModelState.READY, "", str(version))
             if previous is not None:
                 await previous.close(drain=True)

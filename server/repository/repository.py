@@ -41,7 +41,7 @@ CONFIG_FILES: dict[str, Literal["pbtxt", "json"]] = {
 _VERSION = re.compile(r"[1-9][0-9]{0,17}")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _MAX_RELATIVE_PATH = 160
-_TEMP_PREFIX = ".tmp-"
+TEMP_PREFIX = ".tmp-"
 
 
 def check_model_name(name: str) -> str:
@@ -175,7 +175,7 @@ class ModelRepository:
 
     def write_file(self, name: str, relative_path: str, data: bytes) -> Path:
         """Write `<version>/<file>` of a model atomically."""
-        target = self._file_target(name, relative_path)
+        target = self.file_path(name, relative_path)
         self._atomic_write(target, [data], None, None, f"model '{name}' file '{relative_path}'")
         return target
 
@@ -197,10 +197,11 @@ class ModelRepository:
             raise InvalidArgument(
                 f"{what}: sha256: expected 64 hexadecimal digits, received {expected_sha256!r}"
             )
-        target = self._file_target(name, relative_path)
+        target = self.file_path(name, relative_path)
         return self._atomic_write(target, chunks, expected_sha256, max_bytes, what)
 
-    def _file_target(self, name: str, relative_path: str) -> Path:
+    def file_path(self, name: str, relative_path: str) -> Path:
+        """Where `<version>/<file>` of a model lives (validated; it may not exist)."""
         version, filename = check_relative_path(relative_path)
         return self.model_dir(name) / str(version) / filename
 
@@ -236,7 +237,7 @@ class ModelRepository:
             except FileExistsError:
                 continue
             created.append(path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         return created
 
 
@@ -247,7 +248,7 @@ def _write_replace(
     max_bytes: int | None,
     what: str,
 ) -> tuple[int, str]:
-    fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f"{_TEMP_PREFIX}{target.name}.")
+    fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f"{TEMP_PREFIX}{target.name}.")
     temp = Path(temp_name)
     sha = hashlib.sha256()
     size = 0
@@ -275,11 +276,11 @@ def _write_replace(
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return size, digest
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

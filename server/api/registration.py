@@ -1,0 +1,70 @@
+"""Register servicers with request parsing that cannot fail inside grpc.
+
+grpc's generated registration parses requests before the servicer runs, and bytes that are not
+a valid message become an UNKNOWN status with a traceback in the log. Here a parse failure
+becomes an `UndecodableRequest` value, which the servicers refuse with INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.message_factory import GetMessageClass
+
+from trtserve.server.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class UndecodableRequest:
+    """Bytes that did not parse as the method's request message."""
+
+    type_name: str
+    error: str
+
+
+def require_message(request: Any) -> Any:
+    """The request itself, or InvalidArgument when it did not parse."""
+    if isinstance(request, UndecodableRequest):
+        raise InvalidArgument(
+            f"request: expected a serialized {request.type_name} message, received bytes that "
+            f"do not parse as one ({request.error})"
+        )
+    return request
+
+
+def _tolerant_parser(message_class: type[Message]) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except (DecodeError, RuntimeWarning, ValueError) as error:
+            return UndecodableRequest(message_class.DESCRIPTOR.full_name, str(error) or "invalid")
+
+    return parse
+
+
+_HANDLER_FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
+    """Serve every method of `service` with the servicer method of the same name."""
+    handlers = {}
+    for method in service.methods:
+        factory = _HANDLER_FACTORIES[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = factory(
+            getattr(servicer, method.name),
+            request_deserializer=_tolerant_parser(GetMessageClass(method.input_type)),
+            response_serializer=GetMessageClass(method.output_type).SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
