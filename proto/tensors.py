@@ -111,13 +111,22 @@ def from_contents(
     return narrow.reshape(tuple(shape))
 
 
+def raw_view(array: np.ndarray, datatype: Datatype | None = None) -> memoryview:
+    """The raw tensor bytes of an array (C order, little-endian), copied only when needed.
+
+    Large outputs are copied once, into the serialized message, instead of once per step.
+    """
+    if array.dtype == np.object_ or array.dtype.kind in ("S", "U"):
+        return memoryview(serialize_bytes(array))
+    if datatype is not None and datatype.name == "BF16":
+        array = np.ascontiguousarray(array, dtype=np.uint16)
+    little = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False)
+    return little.data.cast("B") if little.size else memoryview(b"")
+
+
 def to_raw(array: np.ndarray, datatype: Datatype | None = None) -> bytes:
     """Encode an array as raw tensor bytes (C order, little-endian)."""
-    if array.dtype == np.object_ or array.dtype.kind in ("S", "U"):
-        return serialize_bytes(array)
-    if datatype is not None and datatype.name == "BF16":
-        return np.ascontiguousarray(array, dtype=np.uint16).tobytes()
-    return np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    return raw_view(array, datatype).tobytes()
 
 
 def fill_contents(contents: pb.InferTensorContents, array: np.ndarray, datatype: Datatype) -> None:

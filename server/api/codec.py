@@ -33,10 +33,49 @@ def decode_request(
 def encode_response(
     request: pb.ModelInferRequest, model: ServingModel, response: InferenceResponse
 ) -> pb.ModelInferResponse:
-    """Numeric and BYTES outputs go back raw: that is what tritonclient reads."""
+    """The response as a message (for streams). Outputs go back raw: tritonclient reads that."""
+    reply, views = _response_parts(request, model, response)
+    for view in views:
+        reply.raw_output_contents.append(view.tobytes())
+    return reply
+
+
+def encode_response_bytes(
+    request: pb.ModelInferRequest, model: ServingModel, response: InferenceResponse
+) -> bytes:
+    """The serialized response, built so that each output's bytes are copied only once.
+
+    Protobuf would copy a large output three times (into bytes, into the message, into the
+    serialized form); appending the raw_output_contents fields by hand is one copy. A parser
+    accepts repeated fields in any position, so the result is a valid ModelInferResponse.
+    """
+    reply, views = _response_parts(request, model, response)
+    parts: list[bytes | memoryview] = [reply.SerializeToString()]
+    for view in views:
+        parts += [_RAW_OUTPUT_TAG, _varint(view.nbytes), view]
+    return b"".join(parts)
+
+
+# Field 6 (raw_output_contents), wire type 2 (length-delimited).
+_RAW_OUTPUT_TAG = bytes([(6 << 3) | 2])
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _response_parts(
+    request: pb.ModelInferRequest, model: ServingModel, response: InferenceResponse
+) -> tuple[pb.ModelInferResponse, list[memoryview]]:
     reply = pb.ModelInferResponse(
         model_name=model.name, model_version=str(model.version), id=request.id
     )
+    views = []
     for name, array in response.outputs.items():
         spec = model.outputs.get(name)
         if spec is not None and spec.datatype == "BF16":
@@ -44,8 +83,8 @@ def encode_response(
         else:
             datatype = datatypes.from_numpy(array.dtype)
         reply.outputs.add(name=name, datatype=datatype.name, shape=array.shape)
-        reply.raw_output_contents.append(tensors.to_raw(array, datatype))
-    return reply
+        views.append(tensors.raw_view(array, datatype))
+    return reply, views
 
 
 def _check_raw_layout(request: pb.ModelInferRequest) -> None:

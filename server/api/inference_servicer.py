@@ -5,23 +5,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import grpc
 
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.protocol import grpc_service_pb2_grpc as pb_grpc
-from trtserve.server.api.codec import decode_request, encode_response
+from trtserve.server.api.codec import decode_request, encode_response, encode_response_bytes
 from trtserve.server.api.registration import require_message
 from trtserve.server.api.statistics import model_statistics
 from trtserve.server.api.status import grpc_errors, outcome, status_code, status_message
 from trtserve.server.errors import Internal, InvalidArgument, ServerError, Unavailable
 from trtserve.server.metrics import ServerMetrics
 from trtserve.server.models.manager import ModelManager
+from trtserve.server.models.serving_model import ServingModel
 from trtserve.server.repository.model_config import config_from_settings
+from trtserve.server.scheduler.request import InferenceResponse
 
 log = logging.getLogger(__name__)
+
+# A unary reply is pre-serialized bytes, a stream reply a message (see codec).
+Reply = TypeVar("Reply", bytes, pb.ModelInferResponse)
 
 SERVER_NAME = "trtserve"
 EXTENSIONS = ("model_repository", "model_configuration", "statistics", "binary_tensor_data")
@@ -140,11 +145,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ModelInferResponse:
+    ) -> bytes:
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         try:
-            return await self._infer(request, deadline)
+            return await self._infer(request, deadline, encode_response_bytes)
         except ServerError as error:
             await context.abort(status_code(error), status_message(error))
             raise  # unreachable: abort raises
@@ -185,7 +190,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         replies: asyncio.Queue[pb.ModelStreamInferResponse | None],
     ) -> None:
         try:
-            response = await self._infer(request, None)
+            response = await self._infer(request, None, encode_response)
         except ServerError as error:
             await replies.put(
                 pb.ModelStreamInferResponse(
@@ -201,8 +206,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await replies.put(pb.ModelStreamInferResponse(infer_response=response))
 
     async def _infer(
-        self, request: pb.ModelInferRequest, deadline: float | None
-    ) -> pb.ModelInferResponse:
+        self,
+        request: pb.ModelInferRequest,
+        deadline: float | None,
+        encode: Callable[[pb.ModelInferRequest, ServingModel, InferenceResponse], Reply],
+    ) -> Reply:
         started = time.perf_counter_ns()
         request = require_message(request)
         if self._state.draining:
@@ -221,7 +229,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             batch_size = inputs.batch_size
             response = await model.scheduler.submit(inputs)
             queue_ns = response.queue_ns
-            reply = encode_response(request, model, response)
+            reply = encode(request, model, response)
             result = "success"
             return reply
         except ServerError as e:

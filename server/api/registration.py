@@ -47,6 +47,11 @@ def _tolerant_parser(message_class: type[Message]) -> Callable[[bytes], Any]:
     return parse
 
 
+def _serialize(response: Message | bytes) -> bytes:
+    # A servicer may return a response it serialized itself (large ModelInfer outputs).
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
 _HANDLER_FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
     (False, False): grpc.unary_unary_rpc_method_handler,
     (True, False): grpc.stream_unary_rpc_method_handler,
@@ -63,7 +68,7 @@ def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescr
         handlers[method.name] = factory(
             getattr(servicer, method.name),
             request_deserializer=_tolerant_parser(GetMessageClass(method.input_type)),
-            response_serializer=GetMessageClass(method.output_type).SerializeToString,
+            response_serializer=_serialize,
         )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# The GPU checks of docs/gpu-results.md, run on the GPU machine from the project root.
+#
+#   bash scripts/gpu_run.sh unpack   # unpack the staged lean wheel(s) into /tmp/lean/<VERSION>/
+#   bash scripts/gpu_run.sh full     # unpack, install, GPU tests, benchmark; results in $OUT
+#
+# The machine has no package index: what is not installed there travels as wheels in .whl/
+# (scripts/build_gpu_wheels.sh builds them) and .gpu/ (../shared/gpu/stage.sh stages them). Each
+# call carries one lean runtime folder (64 MiB limit per call) and /tmp survives between quick
+# calls, so earlier calls run `unpack` with the other versions and /tmp/lean collects them all.
+# `full` writes at most 8 flat files to $OUT: env.txt, unpack.log, pytest.log, servers.log,
+# bench.log, gpu_bench.json, gpu_bench.md.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-full}
+OUT=${OUT:-/tmp/trtserve-gpu-out}
+mkdir -p "$OUT"
+LEAN=/tmp/lean
+SITE=/tmp/site
+
+unpack() {
+  python3 .gpu/plans/unpack_lean.py 2>&1 | tee -a "$OUT/unpack.log"
+  echo "lean runtimes now in $LEAN: $(ls "$LEAN" 2>/dev/null | tr '\n' ' ')" | tee -a "$OUT/unpack.log"
+}
+
+install() {
+  rm -rf "$SITE"
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" \
+    .gpu/dispatch/*.whl .whl/*.whl || return 1
+  export PYTHONPATH=$SITE
+  # The wheel of trtserve may predate the carried tree: the tree's sources are what runs.
+  python3 - "$SITE" <<'PY'
+import filecmp, shutil, sys
+from pathlib import Path
+site = Path(sys.argv[1]) / "trtserve"
+changed = 0
+for package, folder in (("protocol", "proto"), ("server", "server"), ("client", "client"), ("cli", "cli")):
+    for src in Path(folder).rglob("*"):
+        if not src.is_file() or "__pycache__" in src.parts or src.suffix not in (".py", ".pyi", ".proto", ".typed"):
+            continue
+        dst = site / package / src.relative_to(folder)
+        if not dst.is_file() or not filecmp.cmp(src, dst, shallow=False):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+            changed += 1
+print(f"trtserve sources newer than the wheel, copied over it: {changed} files")
+PY
+  # NVIDIA ships the `tensorrt_dispatch` import package as a source distribution only; the
+  # build script makes a wheel of it. Should that be missing, the same two lines stand in.
+  if ! python3 -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('tensorrt_dispatch') is None)"; then
+    echo "tensorrt_dispatch wheel missing: writing the re-export package by hand"
+    mkdir -p "$SITE/tensorrt_dispatch"
+    printf 'from tensorrt_dispatch_bindings import *\nfrom tensorrt_dispatch_bindings import __version__\n' \
+      >"$SITE/tensorrt_dispatch/__init__.py"
+  fi
+}
+
+environment() {
+  {
+    echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    nvidia-smi -L
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    python3 --version
+    python3 - <<'PY'
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+for dist in ("trtserve", "tensorrt_dispatch_cu13_bindings", "cuda-bindings", "grpcio", "protobuf",
+             "numpy", "tritonclient", "onnxruntime", "prometheus_client", "pytest"):
+    try:
+        print(f"{dist}: {version(dist)}")
+    except PackageNotFoundError:
+        print(f"{dist}: not installed")
+# tritonclient is checked by its own interpreter below: it cannot share one with trtserve.
+for module in ("tensorrt_dispatch", "cuda.bindings.runtime", "grpc_health.v1",
+               "grpc_reflection.v1alpha", "cryptography", "trtserve.server.app"):
+    try:
+        importlib.import_module(module)
+        print(f"import {module}: ok")
+    except Exception as e:  # report every failure, keep going
+        print(f"import {module}: FAILED {type(e).__name__}: {e}")
+from trtserve.server.runtime.cuda_device import cuda_device_count
+print(f"CUDA devices: {cuda_device_count()}")
+PY
+    python3 -c "import tritonclient.grpc, ml_dtypes; print('import tritonclient.grpc: ok')" ||
+      echo "import tritonclient.grpc: FAILED"
+    echo "lean runtimes: $(ls "$LEAN" 2>/dev/null | tr '\n' ' ')"
+  } 2>&1 | tee "$OUT/env.txt"
+}
+
+case $mode in
+unpack)
+  unpack
+  ;;
+full)
+  started=$SECONDS
+  unpack
+  install || {
+    echo "install failed" | tee "$OUT/env.txt"
+    exit 1
+  }
+  environment
+  export TRTSERVE_RUNTIMES_DIR=$LEAN TRTSERVE_TEST_PLANS=$PWD/.gpu/plans
+  export TRTSERVE_SERVER_LOG=$OUT/servers.log PYTHONDONTWRITEBYTECODE=1
+  : >"$TRTSERVE_SERVER_LOG"
+  timeout 240 python3 -m pytest -m gpu -v tests/gpu -p no:cacheprovider -rA 2>&1 | tee "$OUT/pytest.log"
+  tests_rc=${PIPESTATUS[0]}
+  timeout 180 python3 benchmarks/gpu_bench.py --runtimes-dir "$LEAN" --plans .gpu/plans \
+    --out "$OUT/gpu_bench.json" 2>&1 | tee "$OUT/bench.log"
+  bench_rc=${PIPESTATUS[0]}
+  echo
+  echo "==================== summary ($((SECONDS - started)) s) ===================="
+  grep -m1 -E "^GPU [0-9]" "$OUT/env.txt" || true
+  echo "lean runtimes: $(ls "$LEAN" | tr '\n' ' ')"
+  echo "pytest (exit $tests_rc): $(grep -E '^=+ .*(passed|failed|skipped|error).* =+$' "$OUT/pytest.log" | tail -1)"
+  grep -E '^(PASSED|FAILED|ERROR|SKIPPED) ' "$OUT/pytest.log" | sed 's/^/  /'
+  echo "benchmark (exit $bench_rc):"
+  cat "$OUT/gpu_bench.md" 2>/dev/null || tail -20 "$OUT/bench.log"
+  ls -la "$OUT"
+  ((tests_rc == 0 && bench_rc == 0))
+  ;;
+*)
+  echo "usage: bash scripts/gpu_run.sh unpack|full" >&2
+  exit 2
+  ;;
+esac
