@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
 import tempfile
+import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -85,25 +87,34 @@ class RunningServer:
     health: Any
     settings: ServerSettings
     backends: dict[str, Backend]
+    temporary_repository: Path | None
 
     async def drain_and_stop(self) -> None:
         """Turn unready, refuse new requests, let in-flight ones finish, then stop."""
+        deadline = time.monotonic() + self.settings.grace_period_s
         self.state.draining = True
         await self.health.enter_graceful_shutdown()
-        await self.grpc_server.stop(self.settings.grace_period_s)
+        # The listener stays open while requests drain, so late callers get a clear
+        # UNAVAILABLE from the servicer rather than a dropped connection.
+        if not await self.state.wait_idle(self.settings.grace_period_s):
+            log.warning("grace period over with inference requests still in flight")
+        await self.grpc_server.stop(max(0.0, deadline - time.monotonic()))
         await self.manager.close()
         for backend in self.backends.values():
             if isinstance(backend, TensorRTBackend):
                 await asyncio.to_thread(backend.close)
+        if self.temporary_repository is not None:
+            shutil.rmtree(self.temporary_repository, ignore_errors=True)
 
 
-def _repository(settings: ServerSettings) -> ModelRepository:
+def _repository(settings: ServerSettings) -> tuple[ModelRepository, Path | None]:
+    """The configured repository, or a temporary one holding the built-in models."""
     if settings.repository is not None:
-        return ModelRepository(settings.repository)
+        return ModelRepository(settings.repository), None
     root = Path(tempfile.mkdtemp(prefix="trtserve-default-repository-"))
     names = write_default_repository(root)
     log.info("no repository given: serving the built-in models %s from %s", names, root)
-    return ModelRepository(root)
+    return ModelRepository(root), root
 
 
 async def start_server(
@@ -113,8 +124,9 @@ async def start_server(
     metrics = ServerMetrics(registry)
     backends = make_backends(settings)
     await asyncio.to_thread(_preload_runtimes, settings, backends)
+    repository, temporary_repository = _repository(settings)
     manager = ModelManager(
-        _repository(settings),
+        repository,
         backends,
         metrics,
         default_max_queue_size=settings.max_queue_size,
@@ -164,7 +176,15 @@ async def start_server(
     state.ready = True
     await health_servicer.set("", _SERVING)
     return RunningServer(
-        server, grpc_port, metrics_port, manager, state, health_servicer, settings, backends
+        server,
+        grpc_port,
+        metrics_port,
+        manager,
+        state,
+        health_servicer,
+        settings,
+        backends,
+        temporary_repository,
     )
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -33,11 +34,34 @@ EXTENSIONS = ("model_repository", "model_configuration", "statistics", "binary_t
 
 
 class ServingState:
-    """Whether the server takes new inference requests (False once draining)."""
+    """Whether the server takes new inference requests, and how many are in flight."""
 
     def __init__(self) -> None:
         self.ready = False
         self.draining = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        """Count one inference request while it runs."""
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no inference request is in flight; False if `timeout` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -206,6 +230,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await replies.put(pb.ModelStreamInferResponse(infer_response=response))
 
     async def _infer(
+        self,
+        request: pb.ModelInferRequest,
+        deadline: float | None,
+        encode: Callable[[pb.ModelInferRequest, ServingModel, InferenceResponse], Reply],
+    ) -> Reply:
+        with self._state.track():
+            return await self._infer_tracked(request, deadline, encode)
+
+    async def _infer_tracked(
         self,
         request: pb.ModelInferRequest,
         deadline: float | None,

@@ -197,10 +197,12 @@ def _tensors(
 
 
 def _batching(cfg: model_config_pb2.ModelConfig, model_name: str) -> BatchingSettings:
-    # A model without a batch dimension runs one request at a time whatever the config says.
-    if not cfg.HasField("dynamic_batching") or cfg.max_batch_size == 0:
+    if not cfg.HasField("dynamic_batching"):
         return BatchingSettings()
     dyn = cfg.dynamic_batching
+    if cfg.max_batch_size == 0:
+        # No batch dimension: requests run one at a time, but the queue limit still holds.
+        return BatchingSettings(max_queue_size=dyn.default_queue_policy.max_queue_size)
     for size in dyn.preferred_batch_size:
         if size < 1 or size > cfg.max_batch_size:
             raise InvalidArgument(
