@@ -20,6 +20,14 @@ import grpc
 import grpc.aio
 
 from trtserve.client import request as rq
+from trtserve.client.endpoints import (
+    DEFAULT_RETRY,
+    AsyncRoutedStub,
+    EndpointRing,
+    RetryPolicy,
+    addresses_of,
+    endpoint_options,
+)
 from trtserve.client.errors import InferenceServerError
 from trtserve.client.sync import DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES, channel_options
 from trtserve.client.types import (
@@ -43,23 +51,32 @@ class AsyncInferenceClient:
     """asyncio client with the methods of InferenceClient, as coroutines.
 
     Create it inside a running event loop; every failed call raises InferenceServerError.
+    `address` may be a list of replicas, as for InferenceClient.
     """
 
     def __init__(
         self,
-        address: str = DEFAULT_ADDRESS,
+        address: str | Sequence[str] = DEFAULT_ADDRESS,
         *,
         timeout: float | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
-        self.address = address
+        self.addresses = addresses_of(address)
+        self.address = ",".join(self.addresses)
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(
-            address, options=channel_options(max_message_bytes)
-        )
+        options = channel_options(max_message_bytes) + endpoint_options(retry)
+        self._channels = [grpc.aio.insecure_channel(a, options=options) for a in self.addresses]
+        ring = EndpointRing(len(self._channels), retry.cooldown_s)
         # The generated stubs are untyped; each call's result type is stated where it is used.
-        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)  # type: ignore[no-untyped-call]
-        self._upload_stub = tpb_grpc.ModelUploadStub(self._channel)  # type: ignore[no-untyped-call]
+        self._stub = AsyncRoutedStub(
+            [pb_grpc.GRPCInferenceServiceStub(c) for c in self._channels],  # type: ignore[no-untyped-call]
+            ring,
+        )
+        self._upload_stub = AsyncRoutedStub(
+            [tpb_grpc.ModelUploadStub(c) for c in self._channels],  # type: ignore[no-untyped-call]
+            ring,
+        )
 
     async def _call(
         self, method: Callable[..., Awaitable[_T]], request: object, timeout: float | None = None
@@ -225,8 +242,9 @@ class AsyncInferenceClient:
         return rq.parse_upload_response(response)
 
     async def close(self) -> None:
-        """Close the channel."""
-        await self._channel.close(grace=None)
+        """Close the channels."""
+        for channel in self._channels:
+            await channel.close(grace=None)
 
     async def __aenter__(self) -> AsyncInferenceClient:
         return self

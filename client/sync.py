@@ -10,6 +10,14 @@ from typing import Any, Literal, TypeVar, overload
 import grpc
 
 from trtserve.client import request as rq
+from trtserve.client.endpoints import (
+    DEFAULT_RETRY,
+    EndpointRing,
+    RetryPolicy,
+    RoutedStub,
+    addresses_of,
+    endpoint_options,
+)
 from trtserve.client.errors import InferenceServerError
 from trtserve.client.types import (
     InferInput,
@@ -42,22 +50,34 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
 class InferenceClient:
     """Blocking client; every failed call raises InferenceServerError.
 
-    `timeout` (seconds) is the default deadline of every call; None waits forever.
+    `timeout` (seconds) is the default deadline of every call; None waits forever. `address`
+    may be a list of replicas: calls go to them in turn, and calls safe to repeat move on to
+    the next one when a replica answers UNAVAILABLE (see `trtserve.client.endpoints`).
     """
 
     def __init__(
         self,
-        address: str = DEFAULT_ADDRESS,
+        address: str | Sequence[str] = DEFAULT_ADDRESS,
         *,
         timeout: float | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
-        self.address = address
+        self.addresses = addresses_of(address)
+        self.address = ",".join(self.addresses)
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(address, options=channel_options(max_message_bytes))
+        options = channel_options(max_message_bytes) + endpoint_options(retry)
+        self._channels = [grpc.insecure_channel(a, options=options) for a in self.addresses]
+        ring = EndpointRing(len(self._channels), retry.cooldown_s)
         # The generated stubs are untyped; each call's result type is stated where it is used.
-        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)  # type: ignore[no-untyped-call]
-        self._upload_stub = tpb_grpc.ModelUploadStub(self._channel)  # type: ignore[no-untyped-call]
+        self._stub = RoutedStub(
+            [pb_grpc.GRPCInferenceServiceStub(c) for c in self._channels],  # type: ignore[no-untyped-call]
+            ring,
+        )
+        self._upload_stub = RoutedStub(
+            [tpb_grpc.ModelUploadStub(c) for c in self._channels],  # type: ignore[no-untyped-call]
+            ring,
+        )
 
     def _call(self, method: Callable[..., _T], request: object, timeout: float | None = None) -> _T:
         try:
@@ -211,8 +231,9 @@ class InferenceClient:
         return rq.parse_upload_response(self._call(self._upload_stub.UploadModel, messages))
 
     def close(self) -> None:
-        """Close the channel."""
-        self._channel.close()
+        """Close the channels."""
+        for channel in self._channels:
+            channel.close()
 
     def __enter__(self) -> InferenceClient:
         return self

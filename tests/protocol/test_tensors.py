@@ -10,8 +10,21 @@ from trtserve.protocol import grpc_service_pb2 as pb
 
 
 @pytest.mark.parametrize(
-    "dtype", [np.bool_, np.uint8, np.uint16, np.uint32, np.uint64, np.int8, np.int16, np.int32,
-              np.int64, np.float16, np.float32, np.float64],
+    "dtype",
+    [
+        np.bool_,
+        np.uint8,
+        np.uint16,
+        np.uint32,
+        np.uint64,
+        np.int8,
+        np.int16,
+        np.int32,
+        np.int64,
+        np.float16,
+        np.float32,
+        np.float64,
+    ],
 )
 def test_numeric_raw_round_trip_is_exact(dtype: type) -> None:
     array = (np.arange(24) % 7).astype(dtype).reshape(2, 3, 4)

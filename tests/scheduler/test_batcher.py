@@ -60,7 +60,9 @@ def make_scheduler(
     return ModelScheduler(config, [instance], ServerMetrics(CollectorRegistry()))
 
 
-def request(rows: int, value: float, width: int = 4, deadline: float | None = None) -> InferenceRequest:
+def request(
+    rows: int, value: float, width: int = 4, deadline: float | None = None
+) -> InferenceRequest:
     x = np.full((rows, width), value, dtype=np.float32)
     return InferenceRequest({"x": x}, ("y",), rows, deadline)
 
@@ -86,8 +88,10 @@ def test_mixed_batch_sizes_are_packed_and_split_exactly() -> None:
         first = asyncio.create_task(scheduler.submit(request(1, 0.0)))
         await wait_started(instance)  # the worker is busy: the next ones queue up together
         sizes = [1, 3, 2, 2]
-        rest = [asyncio.create_task(scheduler.submit(request(n, float(i + 1))))
-                for i, n in enumerate(sizes)]
+        rest = [
+            asyncio.create_task(scheduler.submit(request(n, float(i + 1))))
+            for i, n in enumerate(sizes)
+        ]
         while scheduler.pending < 1 + len(sizes):
             await asyncio.sleep(0)
         instance.gate.set()
