@@ -125,6 +125,7 @@ class ServerMetrics:
             registry=registry,
         )
         self._stats: dict[tuple[str, str], VersionStats] = {}
+        self._bound: dict[tuple[str, str], VersionMetrics] = {}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -148,23 +149,53 @@ class ServerMetrics:
         for s in MODEL_STATES:
             self.model_state.labels(model, version, s).set(1 if s == state else 0)
 
+    def version(self, model: str, version: str) -> VersionMetrics:
+        """The metrics of one model version, bound once so recording skips label lookups."""
+        key = (model, version)
+        bound = self._bound.get(key)
+        if bound is None:
+            bound = VersionMetrics(self, model, version, self.stats(model, version))
+            self._bound[key] = bound
+        return bound
+
+
+class VersionMetrics:
+    """The metric children and statistics of one model version, for the hot path."""
+
+    def __init__(
+        self, metrics: ServerMetrics, model: str, version: str, stats: VersionStats
+    ) -> None:
+        self._lock = threading.Lock()
+        self._requests = {
+            outcome: metrics.requests.labels(model, version, outcome)
+            for outcome in ("success", "cancelled")
+        }
+        self._metrics = metrics
+        self._labels = (model, version)
+        self._request_latency = metrics.request_latency.labels(model, version)
+        self._queue_latency = metrics.queue_latency.labels(model, version)
+        self._input_latency = metrics.compute_input_latency.labels(model, version)
+        self._infer_latency = metrics.compute_infer_latency.labels(model, version)
+        self._output_latency = metrics.compute_output_latency.labels(model, version)
+        self._batch_size = metrics.batch_size.labels(model, version)
+        self.pending = metrics.pending.labels(model, version)
+        self.stats = stats
+
     def record_request(
-        self,
-        model: str,
-        version: str,
-        outcome: str,
-        total_ns: int,
-        queue_ns: int | None,
-        batch_size: int = 1,
+        self, outcome: str, total_ns: int, queue_ns: int | None, batch_size: int = 1
     ) -> None:
         """Record one finished request; queue_ns is None when it never reached the queue.
 
         `inference_count` counts batch items, as the protocol defines it; `success` counts
         requests.
         """
-        self.requests.labels(model, version, outcome).inc()
-        self.request_latency.labels(model, version).observe(total_ns / 1e9)
-        stats = self.stats(model, version)
+        counter = self._requests.get(outcome)
+        if counter is None:
+            counter = self._metrics.requests.labels(*self._labels, outcome)
+            self._requests[outcome] = counter
+        counter.inc()
+        self._request_latency.observe(total_ns / 1e9)
+        stats = self.stats
         with self._lock:
             if outcome == "success":
                 stats.success.add(total_ns)
@@ -175,24 +206,17 @@ class ServerMetrics:
             if queue_ns is not None:
                 stats.queue.add(queue_ns)
         if queue_ns is not None:
-            self.queue_latency.labels(model, version).observe(queue_ns / 1e9)
+            self._queue_latency.observe(queue_ns / 1e9)
 
     def record_execution(
-        self,
-        model: str,
-        version: str,
-        batch_size: int,
-        requests: int,
-        input_ns: int,
-        infer_ns: int,
-        output_ns: int,
+        self, batch_size: int, requests: int, input_ns: int, infer_ns: int, output_ns: int
     ) -> None:
         """Record one executed batch made of `requests` requests."""
-        self.batch_size.labels(model, version).observe(batch_size)
-        self.compute_input_latency.labels(model, version).observe(input_ns / 1e9)
-        self.compute_infer_latency.labels(model, version).observe(infer_ns / 1e9)
-        self.compute_output_latency.labels(model, version).observe(output_ns / 1e9)
-        stats = self.stats(model, version)
+        self._batch_size.observe(batch_size)
+        self._input_latency.observe(input_ns / 1e9)
+        self._infer_latency.observe(infer_ns / 1e9)
+        self._output_latency.observe(output_ns / 1e9)
+        stats = self.stats
         with self._lock:
             stats.execution_count += 1
             # Per-request durations, as Triton reports them: each request carries its batch's.

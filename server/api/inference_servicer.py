@@ -273,13 +273,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             log.exception("model %s: unexpected inference failure", model.name)
             raise Internal(status_message(e)) from e
         finally:
-            self._metrics.record_request(
-                model.name,
-                str(model.version),
-                result,
-                time.perf_counter_ns() - started,
-                queue_ns,
-                batch_size,
+            model.metrics.record_request(
+                result, time.perf_counter_ns() - started, queue_ns, batch_size
             )
 
 

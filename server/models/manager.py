@@ -236,11 +236,12 @@ class ModelManager:
         except BaseException:
             await asyncio.to_thread(loaded.close)
             raise
-        scheduler = ModelScheduler(
-            self._scheduler_config(complete, version), instances, self._metrics
-        )
+        metrics = self._metrics.version(name, str(version))
+        scheduler = ModelScheduler(self._scheduler_config(complete, version), instances, metrics)
         scheduler.start()
-        return ServingModel(name, version, complete, loaded.io, loaded, instances, scheduler)
+        return ServingModel(
+            name, version, complete, loaded.io, loaded, instances, scheduler, metrics
+        )
 
     def _scheduler_config(self, settings: ModelSettings, version: int) -> SchedulerConfig:
         return SchedulerConfig(

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from trtserve.server.backends.base import LoadedModel, ModelInstance
+from trtserve.server.metrics import VersionMetrics
 from trtserve.server.scheduler.batcher import ModelScheduler
 from trtserve.server.specs import ModelIO, ModelSettings, TensorSpec
 
@@ -21,6 +22,7 @@ class ServingModel:
     loaded: LoadedModel
     instances: list[ModelInstance]
     scheduler: ModelScheduler
+    metrics: VersionMetrics
     inputs: dict[str, TensorSpec] = field(init=False)
     outputs: dict[str, TensorSpec] = field(init=False)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,11 +21,10 @@ class InferenceRequest:
     # time.monotonic() by which the request must start executing, or None.
     deadline: float | None = None
 
-    def signature(self) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+    @functools.cached_property
+    def signature(self) -> tuple[tuple[str, np.dtype, tuple[int, ...]], ...]:
         """What must match for requests to share a batch: names, dtypes, non-batch shapes."""
-        return tuple(
-            (name, str(a.dtype), tuple(a.shape[1:])) for name, a in sorted(self.inputs.items())
-        )
+        return tuple((name, a.dtype, a.shape[1:]) for name, a in sorted(self.inputs.items()))
 
 
 @dataclass

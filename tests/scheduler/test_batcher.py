@@ -57,7 +57,7 @@ def make_scheduler(
     config = SchedulerConfig(
         "m", "1", max_batch_size, BatchingSettings(batching, (), delay_us), max_queue_size
     )
-    return ModelScheduler(config, [instance], ServerMetrics(CollectorRegistry()))
+    return ModelScheduler(config, [instance], ServerMetrics(CollectorRegistry()).version("m", "1"))
 
 
 def request(
