@@ -100,7 +100,7 @@ full)
   }
   environment
   export TRTSERVE_RUNTIMES_DIR=$LEAN TRTSERVE_TEST_PLANS=$PWD/.gpu/plans
-  export TRTSERVE_SERVER_LOG=$OUT/servers.log PYTHONDONTWRITEBYTECODE=1
+  export TRTSERVE_SERVER_LOG=$OUT/servers.log TRTSERVE_GPU_REPORT=$OUT/corrupt_plans.json PYTHONDONTWRITEBYTECODE=1
   : >"$TRTSERVE_SERVER_LOG"
   timeout 240 python3 -m pytest -m gpu -v tests/gpu -p no:cacheprovider -rA 2>&1 | tee "$OUT/pytest.log"
   tests_rc=${PIPESTATUS[0]}

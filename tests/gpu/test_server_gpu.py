@@ -494,3 +494,69 @@ def test_corrupt_load_model_keeps_the_loaded_version_serving(
     assert triton("is_model_ready", server.address, triton_model)
     out = triton("infer", server.address, triton_model, {"x": x})["output0"]
     assert out.tobytes() == expected.tobytes()
+
+
+def payload_corruptions(plan: bytes) -> dict[str, bytes]:
+    """Damage inside the engine and weight payloads: the header still reads, TensorRT decides."""
+    from trtserve.server.runtime.plan_header import read_plan_header
+
+    entries = {e.tag: e for e in read_plan_header(plan).entries}
+    engine, weights = entries["ENGN"], entries["WGHT"]
+
+    def flipped(offset: int) -> bytes:
+        data = bytearray(plan)
+        data[offset] ^= 0xFF
+        return bytes(data)
+
+    def zeroed(offset: int, size: int) -> bytes:
+        data = bytearray(plan)
+        data[offset : offset + size] = bytes(size)
+        return bytes(data)
+
+    return {
+        "engine byte 4 flipped": flipped(engine.offset + 4),
+        "engine byte 64 flipped": flipped(engine.offset + 64),
+        "engine middle byte flipped": flipped(engine.offset + engine.size // 2),
+        "engine 4 KiB zeroed": zeroed(engine.offset + engine.size // 3, 4096),
+        "weights middle byte flipped": flipped(weights.offset + weights.size // 2),
+    }
+
+
+def test_corrupt_payloads_reach_tensorrt_and_never_crash_the_server(
+    tmp_path: Path,
+    runtimes_dir: Path,
+    plan: bytes,
+    x: np.ndarray,
+    expected: np.ndarray,
+) -> None:
+    """Each damaged plan is refused with TensorRT's own words, or loads; the server lives on."""
+    proc = launch(tmp_path / "repository", runtimes_dir, [str(VERSION)])
+    outcomes: list[dict[str, str]] = []
+    try:
+        with InferenceClient(proc.address, timeout=CALL_TIMEOUT_S) as client:
+            client.upload_model("victim", plan, config_json=model_config("victim", instances=1))
+            for name, damaged in payload_corruptions(plan).items():
+                try:
+                    stored = client.upload_model(
+                        "victim", damaged, config_json=model_config("victim", instances=1)
+                    )
+                    outcome = {"case": name, "status": "OK", "message": f"v{stored.version}"}
+                except InferenceServerError as error:
+                    outcome = {"case": name, "status": error.code.name, "message": error.message}
+                assert proc.process.poll() is None, f"server died on {name}: {outcome}"
+                result = client.infer("victim", [InferInput("x", x)])
+                assert result.as_numpy("output0").shape == OUTPUT_SHAPE
+                outcome["serving"] = (
+                    f"version {result.model_version}, output equals good plan: "
+                    + str(result.as_numpy("output0").tobytes() == expected.tobytes())
+                )
+                outcomes.append(outcome)
+    finally:
+        for outcome in outcomes:
+            print(outcome)
+        report = os.environ.get("TRTSERVE_GPU_REPORT")
+        if report:
+            Path(report).write_text(json.dumps(outcomes, indent=2))
+        stop(proc, "corrupt payloads")
+    refused = [o for o in outcomes if o["status"] != "OK"]
+    assert all(o["status"] == "FAILED_PRECONDITION" for o in refused), refused
