@@ -1,0 +1,163 @@
+"""deploy/docker-entrypoint.sh and deploy/healthcheck.py, run outside Docker.
+
+The script is run the way the image runs it: settings only in TRTSERVE_* variables and a
+TOML file, `trtserve` found on PATH. Because it execs the server, the script's own process is
+the server: SIGTERM to that process drains and exits 0, as PID 1 in a container would.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from trtserve.server.default_model import write_default_repository
+
+ROOT = Path(__file__).resolve().parents[2]
+ENTRYPOINT = ROOT / "deploy" / "docker-entrypoint.sh"
+HEALTHCHECK = ROOT / "deploy" / "healthcheck.py"
+_READY = re.compile(r"serving gRPC on [^ ]+:(\d+), metrics on [^ ]+:(-?\d+), models (.*)")
+
+
+@dataclass
+class Started:
+    process: subprocess.Popen[str]
+    grpc_port: int
+    metrics_port: int
+    models: str
+    lines: list[str]
+
+
+def image_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """The environment the image sets, pointed at temporary folders and free ports."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRTSERVE_")}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        HOME=str(tmp),
+        TMPDIR=str(tmp),
+        TRTSERVE_HOST="127.0.0.1",
+        TRTSERVE_GRPC_PORT="0",
+        TRTSERVE_METRICS_PORT="0",
+        TRTSERVE_RUNTIMES_DIR=str(tmp / "runtimes"),
+    )
+    env.update(extra)
+    return env
+
+
+def start(env: dict[str, str], *args: str, timeout: float = 60.0) -> Started:
+    process = subprocess.Popen(
+        [str(ENTRYPOINT), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    lines: list[str] = []
+    found: list[re.Match[str]] = []
+    done = threading.Event()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if not found and (m := _READY.search(line)):
+                found.append(m)
+                done.set()
+        done.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not done.wait(timeout) or not found:
+        process.kill()
+        raise AssertionError("entrypoint did not start the server:\n" + "".join(lines))
+    m = found[0]
+    return Started(process, int(m.group(1)), int(m.group(2)), m.group(3), lines)
+
+
+def healthcheck(port: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(HEALTHCHECK), f"127.0.0.1:{port}", "--timeout", "5"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    root = tmp_path / "models"
+    write_default_repository(root)
+    return root
+
+
+@pytest.fixture
+def started(tmp_path: Path, repository: Path) -> Iterator[Started]:
+    config = tmp_path / "trtserve.toml"
+    config.write_text('[server]\ngrace_period_s = 5\nlog_level = "INFO"\n')
+    env = image_env(tmp_path, TRTSERVE_REPOSITORY=str(repository), TRTSERVE_CONFIG=str(config))
+    server = start(env)
+    yield server
+    if server.process.poll() is None:
+        server.process.kill()
+        server.process.wait(10)
+
+
+def test_entrypoint_execs_the_server_and_sigterm_drains_to_exit_0(started: Started) -> None:
+    pid = started.process.pid
+    # exec: the script's process is now the Python server, not a shell waiting on a child.
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert b"serve" in cmdline
+    assert not any(part.endswith(b"docker-entrypoint.sh") for part in cmdline)
+    assert "simple" in started.models
+
+    assert healthcheck(started.grpc_port).returncode == 0
+
+    os.kill(pid, signal.SIGTERM)
+    assert started.process.wait(30) == 0
+    output = "".join(started.lines)
+    assert "draining for up to 5.0 s" in output  # grace_period_s came from TRTSERVE_CONFIG
+
+    after = healthcheck(started.grpc_port)
+    assert after.returncode == 1
+    assert "UNAVAILABLE" in after.stderr
+
+
+def test_healthcheck_per_model_service(started: Started) -> None:
+    model = subprocess.run(
+        [sys.executable, str(HEALTHCHECK), f"127.0.0.1:{started.grpc_port}", "--service", "simple"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert model.returncode == 0, model.stderr
+    unknown = subprocess.run(
+        [sys.executable, str(HEALTHCHECK), f"127.0.0.1:{started.grpc_port}", "--service", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert unknown.returncode == 1
+    assert "NOT_FOUND" in unknown.stderr
+
+
+def test_flags_pass_through_and_other_commands_run(tmp_path: Path, repository: Path) -> None:
+    env = image_env(tmp_path, TRTSERVE_REPOSITORY=str(tmp_path / "ignored"))
+    # A flag beats the environment, as for `trtserve serve`.
+    server = start(env, "--repository", str(repository))
+    try:
+        assert "simple" in server.models
+    finally:
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(30) == 0
+    listing = subprocess.run(
+        [str(ENTRYPOINT), "runtimes", "list"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert listing.returncode == 0, listing.stderr
+    assert "no lean runtimes installed" in listing.stdout
