@@ -56,7 +56,10 @@ def make_tensorrt_backend(settings: ServerSettings) -> TensorRTBackend:
         public_key_files=settings.trusted_keys, allowed_sha256=settings.trusted_plan_sha256
     )
     return TensorRTBackend(
-        LeanStore(settings.runtimes_dir), trust, auto_install=settings.allow_runtime_install
+        LeanStore(settings.runtimes_dir),
+        trust,
+        auto_install=settings.allow_runtime_install,
+        probe_plans=settings.probe_plans,
     )
 
 

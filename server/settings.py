@@ -48,6 +48,13 @@ class ServerSettings:
         default=False,
         metadata={"help": "install a missing TensorRT lean runtime on first need (network)"},
     )
+    probe_plans: bool = field(
+        default=True,
+        metadata={
+            "help": "deserialize each TensorRT plan in a child process before loading it, so "
+            "a damaged plan that crashes TensorRT cannot take the server down"
+        },
+    )
     preload_runtimes: tuple[str, ...] = field(
         default=(),
         metadata={"help": "TensorRT lean runtime versions to load at start (e.g. 11.0.0.114)"},

@@ -31,6 +31,7 @@ from trtserve.server.backends.base import (
     ModelInstance,
     Placement,
 )
+from trtserve.server.backends.tensorrt_probe import probe_plan
 from trtserve.server.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -105,13 +106,16 @@ class TensorRTBackend(Backend):
         *,
         auto_install: bool = False,
         cuda_major: int = 13,
+        probe_plans: bool = True,
     ) -> None:
-        """`auto_install` installs a missing lean runtime version on first need (pip)."""
+        """`auto_install` installs a missing lean runtime version on first need (pip);
+        `probe_plans` deserializes each plan in a child process first (see tensorrt_probe)."""
         self.store = store if store is not None else LeanStore()
         self.trust = trust if trust is not None else TrustPolicy()
         self._runtimes = runtimes
         self.auto_install = auto_install
         self.cuda_major = cuda_major
+        self.probe_plans = probe_plans
         self._preloaded: list[LeanRuntimeLease] = []
 
     @property
@@ -170,6 +174,11 @@ class TensorRTBackend(Backend):
         route = self._route(header, plan, path, name)
         device = _first_gpu(settings)
         require_device(device)
+        if self.probe_plans:
+            try:
+                probe_plan(path, route.library, device)
+            except ServerError as e:
+                raise _prefixed(e, name) from None
         lease = None
         try:
             if route.kind is RouteKind.LEAN:
@@ -242,6 +251,13 @@ class TensorRTModel(LoadedModel):
     @property
     def io(self) -> ModelIO:
         return self._io
+
+    def smallest_inputs(self, device_id: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Each input's smallest accepted shape (profile 0) and dtype: a cheap trial batch."""
+        engine = self._engine(device_id)
+        return {
+            t.name: (profile_bounds(engine, t, 0)[0], t.dtype) for t in self.tensors if t.is_input
+        }
 
     def create_instance(self, placement: Placement) -> ModelInstance:
         if placement.kind is not DeviceKind.GPU:
