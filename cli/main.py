@@ -20,11 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMANDS:
-        try:
-            module = importlib.import_module(f"trtserve.cli.{name}")
-        except ImportError:  # a part of the CLI whose module is not there
-            continue
-        module.register(subparsers)
+        importlib.import_module(f"trtserve.cli.{name}").register(subparsers)
     return parser
 
 

@@ -1,0 +1,32 @@
+"""The `trtserve` command: every subcommand is there, and client commands need no server deps."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from trtserve.cli.main import build_parser
+
+# (grpc_health and grpc_reflection are left out: `import grpc` itself looks for them.)
+SERVER_ONLY = ("onnxruntime", "onnx", "prometheus_client", "cryptography", "tensorrt_dispatch",
+               "cuda")  # fmt: skip
+
+
+def test_every_subcommand_is_registered() -> None:
+    for command in ("serve", "infer", "models", "upload", "bench", "inspect", "runtimes"):
+        with pytest.raises(SystemExit) as done:
+            build_parser().parse_args([command, "--help"])
+        assert done.value.code == 0
+
+
+def test_the_parser_imports_no_server_dependency() -> None:
+    # A load-test machine installs only the core dependencies: building the parser (and so
+    # every client command) must not import what the `server` extra brings.
+    code = (
+        "import sys; from trtserve.cli.main import build_parser; build_parser(); "
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({SERVER_ONLY!r})))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
