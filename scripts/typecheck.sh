@@ -9,4 +9,5 @@ mkdir -p .typecheck/trtserve
 for pair in protocol:proto server:server client:client cli:cli; do
   ln -s "../../${pair#*:}" ".typecheck/trtserve/${pair%%:*}"
 done
-MYPYPATH=.typecheck exec mypy -p trtserve.protocol -p trtserve.server -p trtserve.client -p trtserve.cli "$@"
+MYPYPATH=.typecheck mypy -p trtserve.protocol -p trtserve.server -p trtserve.client -p trtserve.cli "$@"
+MYPYPATH=.typecheck exec mypy benchmarks/*.py "$@"

@@ -173,6 +173,7 @@ class ModelScheduler:
     async def _gather_window(self) -> None:
         """Wait until the batch can reach its target size or the oldest request's delay ends."""
         delay_ns = self.config.batching.max_queue_delay_us * 1000
+        yielded = False
         while self._queue and not self._closing:
             if self._queued_batch_size() >= self.config.target_batch_size:
                 return
@@ -180,8 +181,12 @@ class ModelScheduler:
             if remaining_ns <= 0:
                 return
             if remaining_ns < 1_000_000:
-                # The selector sleeps in whole milliseconds; yield to the loop instead, so a
-                # 100 us delay costs 100 us, not 1 ms.
+                # The selector sleeps in whole milliseconds, and spinning until the deadline
+                # costs the event loop more than it saves. One pass of the loop takes in the
+                # requests that arrived together; then the batch goes.
+                if yielded:
+                    return
+                yielded = True
                 await asyncio.sleep(0)
             else:
                 await self._wait_for_change(remaining_ns / 1e9)
@@ -193,7 +198,8 @@ class ModelScheduler:
     def _take_batch(self) -> list[_Pending]:
         first = self._queue.popleft()
         batch = [first]
-        if self.config.max_batch_size <= 0:
+        # Without dynamic batching requests run one by one (as in Triton), whatever their size.
+        if self.config.max_batch_size <= 0 or not self.config.batching.enabled:
             return batch
         total = first.request.batch_size
         signature = first.request.signature

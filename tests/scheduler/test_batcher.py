@@ -297,3 +297,22 @@ def test_queue_delay_lets_a_batch_fill_up() -> None:
 
     run(scenario)
     assert instance.batch_sizes == [8]
+
+
+def test_without_dynamic_batching_requests_run_one_by_one() -> None:
+    instance = GatedDoubler()
+
+    async def scenario() -> None:
+        scheduler = make_scheduler(instance, max_batch_size=8, batching=False)
+        scheduler.start()
+        first = asyncio.create_task(scheduler.submit(request(1, 0.0)))
+        await wait_started(instance)
+        queued = [asyncio.create_task(scheduler.submit(request(2, float(i)))) for i in range(3)]
+        while scheduler.pending < 4:
+            await asyncio.sleep(0)
+        instance.gate.set()
+        await asyncio.gather(first, *queued)
+        await scheduler.close()
+
+    run(scenario)
+    assert instance.batch_sizes == [1, 2, 2, 2]
