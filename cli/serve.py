@@ -15,6 +15,11 @@ comma-separated in the environment.
 
 With no --repository, the server writes its built-in example models (ONNX, CPU) to a temporary
 folder and serves them: try `trtserve infer simple` in another shell.
+
+Access: without credentials, inference is open and load/unload/upload are refused. Give
+--auth-tokens-file (lines 'TOKEN ROLE', role infer or admin) and/or mutual TLS (--tls-cert,
+--tls-key, --tls-client-ca), or, on a single machine, --insecure-local-admin (binds to
+127.0.0.1). Health checks stay open.
 """
 
 
@@ -47,9 +52,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     """Load settings and serve until SIGTERM."""
+    from trtserve.server.api.auth import AuthConfigError
     from trtserve.server.app import serve
     from trtserve.server.logging_setup import configure_logging
     from trtserve.server.settings import ServerSettings, load_settings
+    from trtserve.server.tls import TlsConfigError
 
     overrides = {f.name: getattr(args, f.name) for f in fields(ServerSettings)}
     try:
@@ -58,4 +65,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"trtserve serve: {error}")
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    return asyncio.run(serve(settings))
+    try:
+        return asyncio.run(serve(settings))
+    except (AuthConfigError, TlsConfigError) as error:
+        print(f"trtserve serve: {error}")
+        return 2

@@ -20,6 +20,7 @@ import grpc
 import grpc.aio
 
 from trtserve.client import request as rq
+from trtserve.client.credentials import TOKEN_ENV, AsyncBearerToken
 from trtserve.client.endpoints import (
     DEFAULT_RETRY,
     AsyncRoutedStub,
@@ -61,12 +62,18 @@ class AsyncInferenceClient:
         timeout: float | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         retry: RetryPolicy = DEFAULT_RETRY,
+        token: str | None = None,
     ) -> None:
         self.addresses = addresses_of(address)
         self.address = ",".join(self.addresses)
         self.timeout = timeout
         options = channel_options(max_message_bytes) + endpoint_options(retry)
-        self._channels = [grpc.aio.insecure_channel(a, options=options) for a in self.addresses]
+        token = token if token is not None else os.environ.get(TOKEN_ENV)
+        interceptors: Any = [AsyncBearerToken(token)] if token else None
+        self._channels = [
+            grpc.aio.insecure_channel(a, options=options, interceptors=interceptors)
+            for a in self.addresses
+        ]
         ring = EndpointRing(len(self._channels), retry.cooldown_s)
         # The generated stubs are untyped; each call's result type is stated where it is used.
         self._stub = AsyncRoutedStub(

@@ -10,6 +10,7 @@ from typing import Any, Literal, TypeVar, overload
 import grpc
 
 from trtserve.client import request as rq
+from trtserve.client.credentials import TOKEN_ENV, BearerToken
 from trtserve.client.endpoints import (
     DEFAULT_RETRY,
     EndpointRing,
@@ -53,6 +54,7 @@ class InferenceClient:
     `timeout` (seconds) is the default deadline of every call; None waits forever. `address`
     may be a list of replicas: calls go to them in turn, and calls safe to repeat move on to
     the next one when a replica answers UNAVAILABLE (see `trtserve.client.endpoints`).
+    `token` (default: $TRTSERVE_TOKEN) is sent as a bearer token with every call.
     """
 
     def __init__(
@@ -62,12 +64,17 @@ class InferenceClient:
         timeout: float | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         retry: RetryPolicy = DEFAULT_RETRY,
+        token: str | None = None,
     ) -> None:
         self.addresses = addresses_of(address)
         self.address = ",".join(self.addresses)
         self.timeout = timeout
         options = channel_options(max_message_bytes) + endpoint_options(retry)
-        self._channels = [grpc.insecure_channel(a, options=options) for a in self.addresses]
+        channels = [grpc.insecure_channel(a, options=options) for a in self.addresses]
+        token = token if token is not None else os.environ.get(TOKEN_ENV)
+        if token:
+            channels = [grpc.intercept_channel(c, BearerToken(token)) for c in channels]
+        self._channels = channels
         ring = EndpointRing(len(self._channels), retry.cooldown_s)
         # The generated stubs are untyped; each call's result type is stated where it is used.
         self._stub = RoutedStub(

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 from trtserve.protocol import grpc_service_pb2, trtserve_pb2
+from trtserve.server.api.auth import AccessPolicy, AuthInterceptor
 from trtserve.server.api.inference_servicer import InferenceServicer, ServingState
 from trtserve.server.api.registration import add_service
 from trtserve.server.api.upload_servicer import UploadServicer
@@ -27,12 +28,14 @@ from trtserve.server.backends.onnxruntime_backend import OnnxRuntimeBackend
 from trtserve.server.backends.tensorrt_backend import PLATFORM as TENSORRT_PLATFORM
 from trtserve.server.backends.tensorrt_backend import TensorRTBackend
 from trtserve.server.default_model import write_default_repository
+from trtserve.server.limits import RequestLimits
 from trtserve.server.metrics import ServerMetrics
 from trtserve.server.models.manager import ModelManager, ModelState
 from trtserve.server.repository.repository import ModelRepository
 from trtserve.server.runtime.lean_store import LeanStore
 from trtserve.server.runtime.trust import TrustPolicy
-from trtserve.server.settings import ServerSettings
+from trtserve.server.settings import LOOPBACK_HOSTS, ServerSettings
+from trtserve.server.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,39 @@ class RunningServer:
             shutil.rmtree(self.temporary_repository, ignore_errors=True)
 
 
+def access_policy(settings: ServerSettings) -> AccessPolicy:
+    """Who may call what, from the settings; logs what an operator should know about it."""
+    policy = AccessPolicy.create(
+        tokens_file=settings.auth_tokens_file,
+        mutual_tls=settings.tls_client_ca is not None,
+        client_roles=settings.tls_client_roles,
+        insecure_local_admin=settings.insecure_local_admin,
+    )
+    if settings.insecure_local_admin:
+        log.warning(
+            "insecure_local_admin: every caller may load, unload and upload models; "
+            "bound to %s only",
+            settings.bind_host,
+        )
+    elif not policy.credentials_configured:
+        log.info(
+            "no credentials configured: inference is open, load/unload/upload are refused "
+            "(see --auth-tokens-file, --tls-client-ca, --insecure-local-admin)"
+        )
+    elif settings.tls_cert is None and settings.bind_host not in LOOPBACK_HOSTS:
+        log.warning("bearer tokens travel in plain text: serve with --tls-cert and --tls-key")
+    return policy
+
+
+def request_limits(settings: ServerSettings) -> RequestLimits:
+    """The API layer's limits, from the settings."""
+    return RequestLimits.create(
+        max_tensor_elements=settings.max_tensor_elements,
+        max_upload_bytes=settings.max_upload_mb * 1024 * 1024,
+        max_concurrent_uploads=settings.max_concurrent_uploads,
+    )
+
+
 def _repository(settings: ServerSettings) -> tuple[ModelRepository, Path | None]:
     """The configured repository, or a temporary one holding the built-in models."""
     if settings.repository is not None:
@@ -124,6 +160,13 @@ async def start_server(
     settings: ServerSettings, registry: CollectorRegistry = REGISTRY
 ) -> RunningServer:
     """Load the repository and start serving; returns once the ports are bound."""
+    # Credentials first: a bad token or certificate file stops the start before any work.
+    policy = access_policy(settings)
+    credentials = (
+        server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        if settings.tls_cert is not None and settings.tls_key is not None
+        else None
+    )
     metrics = ServerMetrics(registry)
     backends = make_backends(settings)
     await asyncio.to_thread(_preload_runtimes, settings, backends)
@@ -148,20 +191,22 @@ async def start_server(
 
     manager.on_state_change = on_state_change
     max_bytes = settings.max_message_mb * 1024 * 1024
+    limits = request_limits(settings)
     server = grpc.aio.server(
+        interceptors=[AuthInterceptor(policy)],
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
-        ]
+        ],
     )
     inference_service = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     upload_service = trtserve_pb2.DESCRIPTOR.services_by_name["ModelUpload"]
     add_service(
-        server, InferenceServicer(manager, metrics, state, server_version()), inference_service
+        server,
+        InferenceServicer(manager, metrics, state, server_version(), limits),
+        inference_service,
     )
-    add_service(
-        server, UploadServicer(manager, settings.max_upload_mb * 1024 * 1024), upload_service
-    )
+    add_service(server, UploadServicer(manager, limits), upload_service)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
@@ -172,7 +217,11 @@ async def start_server(
         ),
         server,
     )
-    grpc_port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    address = f"{settings.bind_host}:{settings.grpc_port}"
+    if credentials is not None:
+        grpc_port = server.add_secure_port(address, credentials)
+    else:
+        grpc_port = server.add_insecure_port(address)
     metrics_port = _start_metrics(settings, registry)
     await server.start()
     await manager.load_all()
@@ -195,7 +244,7 @@ def _start_metrics(settings: ServerSettings, registry: CollectorRegistry) -> int
     if settings.metrics_port < 0:
         return -1
     http_server, _thread = start_http_server(
-        settings.metrics_port, addr=settings.host, registry=registry
+        settings.metrics_port, addr=settings.bind_host, registry=registry
     )
     return int(http_server.server_port)
 
@@ -210,8 +259,9 @@ async def serve(settings: ServerSettings) -> int:
     ready = [m.name for m in running.manager.serving_models()]
     # Tests and scripts read the bound ports from this line (ports may be 0 = any).
     print(
-        f"trtserve: serving gRPC on {settings.host}:{running.grpc_port}, "
-        f"metrics on {settings.host}:{running.metrics_port}, models {ready}",
+        f"trtserve: serving gRPC on {settings.bind_host}:{running.grpc_port}"
+        f"{' (TLS)' if settings.tls_cert is not None else ''}, "
+        f"metrics on {settings.bind_host}:{running.metrics_port}, models {ready}",
         flush=True,
     )
     await stop.wait()

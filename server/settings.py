@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "TRTSERVE_"
+# Addresses that only this machine reaches; `insecure_local_admin` binds to one of them.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,20 @@ class ServerSettings:
         metadata={"help": "default per-model queue limit; over it: RESOURCE_EXHAUSTED"},
     )
     max_upload_mb: int = field(default=4096, metadata={"help": "largest uploaded model file"})
+    max_tensor_elements: int = field(
+        default=1 << 26,
+        metadata={
+            "help": "most elements in one input tensor, checked before decoding; over it: "
+            "RESOURCE_EXHAUSTED (raise together with max_message_mb)"
+        },
+    )
+    max_concurrent_uploads: int = field(
+        default=4,
+        metadata={
+            "help": "uploads and file-carrying loads in progress at once; one more is refused "
+            "with RESOURCE_EXHAUSTED"
+        },
+    )
     grace_period_s: float = field(
         default=10.0, metadata={"help": "on SIGTERM, seconds in-flight requests get to finish"}
     )
@@ -67,8 +83,72 @@ class ServerSettings:
         default=(),
         metadata={"help": "ed25519 public keys whose signed plans may run embedded host code"},
     )
+    auth_tokens_file: Path | None = field(
+        default=None,
+        metadata={
+            "help": "bearer tokens, one 'TOKEN ROLE' a line (role infer or admin; a mounted "
+            "secret works); set: every call but health needs a token"
+        },
+    )
+    tls_cert: Path | None = field(
+        default=None,
+        metadata={"help": "server certificate chain (PEM); with --tls-key, gRPC goes over TLS"},
+    )
+    tls_key: Path | None = field(default=None, metadata={"help": "server private key (PEM)"})
+    tls_client_ca: Path | None = field(
+        default=None,
+        metadata={
+            "help": "CA certificates (PEM) for client certificates; set: clients must present "
+            "one it signed (mutual TLS)"
+        },
+    )
+    tls_client_roles: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "roles of client certificates by subject CN, 'CN=ROLE'; '*=ROLE' for "
+            "other verified certificates (default admin)"
+        },
+    )
+    insecure_local_admin: bool = field(
+        default=False,
+        metadata={
+            "help": "allow load, unload and upload without credentials; binds to 127.0.0.1 "
+            "(one machine only, never in a shared network)"
+        },
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
     log_format: str = field(default="text", metadata={"help": "text or json (one object a line)"})
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError(
+                "settings tls_cert and tls_key: expected both or neither, received "
+                f"tls_cert={self.tls_cert}, tls_key={self.tls_key}"
+            )
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError(
+                "setting tls_client_ca: mutual TLS needs a server certificate; "
+                "expected tls_cert and tls_key as well, received neither"
+            )
+        if self.insecure_local_admin and (
+            self.auth_tokens_file is not None or self.tls_client_ca is not None
+        ):
+            raise ValueError(
+                "setting insecure_local_admin: gives admin to every caller, so it cannot be "
+                "combined with auth_tokens_file or tls_client_ca; expected one or the other"
+            )
+        for name in ("max_tensor_elements", "max_concurrent_uploads", "max_upload_mb"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"setting {name}: expected a positive integer, received {getattr(self, name)}"
+                )
+
+    @property
+    def bind_host(self) -> str:
+        """The address the ports bind to: loopback whenever insecure_local_admin is on."""
+        if self.insecure_local_admin and self.host not in LOOPBACK_HOSTS:
+            return "127.0.0.1"
+        return self.host
 
 
 def env_name(name: str) -> str:

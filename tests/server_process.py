@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_READY = re.compile(r"serving gRPC on ([^ ]+):(\d+), metrics on [^ ]+:(-?\d+)")
+_READY = re.compile(r"serving gRPC on ([^ ]+):(\d+)(?: \(TLS\))?, metrics on [^ ]+:(-?\d+)")
 
 
 @dataclass
@@ -41,9 +41,17 @@ class ServerProcess:
 
 
 def start_server(
-    extra_args: Sequence[str] = (), env: dict[str, str] | None = None, timeout: float = 60.0
+    extra_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+    *,
+    local_admin: bool = True,
 ) -> ServerProcess:
-    """Run `trtserve serve` on free loopback ports; return once it reports it is serving."""
+    """Run `trtserve serve` on free loopback ports; return once it reports it is serving.
+
+    `local_admin` adds --insecure-local-admin, so tests may load, unload and upload without
+    credentials; tests of access control turn it off.
+    """
     args = [
         sys.executable,
         "-u",
@@ -56,6 +64,7 @@ def start_server(
         "0",
         "--metrics-port",
         "0",
+        *(["--insecure-local-admin"] if local_admin else []),
         *extra_args,
     ]
     process = subprocess.Popen(

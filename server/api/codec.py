@@ -9,15 +9,22 @@ import numpy as np
 from trtserve.protocol import datatypes, tensors
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.server.errors import InvalidArgument
+from trtserve.server.limits import check_tensor_elements
 from trtserve.server.models.serving_model import ServingModel
 from trtserve.server.scheduler.request import InferenceRequest, InferenceResponse
 from trtserve.server.specs import TensorSpec
 
 
 def decode_request(
-    request: pb.ModelInferRequest, model: ServingModel, deadline: float | None
+    request: pb.ModelInferRequest,
+    model: ServingModel,
+    deadline: float | None,
+    max_tensor_elements: int,
 ) -> InferenceRequest:
-    """Validate a request against the model and decode its tensors (zero-copy when raw)."""
+    """Validate a request against the model and decode its tensors (zero-copy when raw).
+
+    Each tensor's element count is checked against `max_tensor_elements` before decoding.
+    """
     _check_raw_layout(request)
     _check_input_names(request, model)
     arrays: dict[str, np.ndarray] = {}
@@ -25,6 +32,7 @@ def decode_request(
         spec = model.inputs[tensor.name]
         _check_datatype(model.name, tensor.name, spec, tensor.datatype)
         shape = _check_shape(model, spec, list(tensor.shape))
+        check_tensor_elements(model.name, tensor.name, shape, max_tensor_elements)
         arrays[tensor.name] = _decode_tensor(request, index, tensor, shape)
     batch_size = _batch_size(model, request)
     return InferenceRequest(arrays, _output_names(request, model), batch_size, deadline)

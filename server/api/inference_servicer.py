@@ -18,10 +18,12 @@ from trtserve.server.api.registration import require_message
 from trtserve.server.api.statistics import model_statistics
 from trtserve.server.api.status import grpc_errors, outcome, status_code, status_message
 from trtserve.server.errors import Internal, InvalidArgument, ServerError, Unavailable
+from trtserve.server.limits import RequestLimits, check_upload_size
 from trtserve.server.metrics import ServerMetrics
 from trtserve.server.models.manager import ModelManager
 from trtserve.server.models.serving_model import ServingModel
 from trtserve.server.repository.model_config import config_from_settings
+from trtserve.server.repository.repository import check_model_name, check_relative_path
 from trtserve.server.scheduler.request import InferenceResponse
 
 log = logging.getLogger(__name__)
@@ -68,12 +70,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """Translates v2 RPCs into model manager calls."""
 
     def __init__(
-        self, manager: ModelManager, metrics: ServerMetrics, state: ServingState, version: str
+        self,
+        manager: ModelManager,
+        metrics: ServerMetrics,
+        state: ServingState,
+        version: str,
+        limits: RequestLimits,
     ) -> None:
         self._manager = manager
         self._metrics = metrics
         self._state = state
         self._version = version
+        self._limits = limits
 
     @grpc_errors
     async def ServerLive(
@@ -154,10 +162,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: object
     ) -> pb.RepositoryModelLoadResponse:
+        # Every name is checked before anything is written.
+        name = check_model_name(_required(request.model_name, "model_name"))
         config_json, files = _load_parameters(request)
-        await self._manager.load(
-            _required(request.model_name, "model_name"), config_json=config_json, files=files
+        if not files:
+            await self._manager.load(name, config_json=config_json)
+            return pb.RepositoryModelLoadResponse()
+        check_upload_size(
+            f"model '{name}' file overrides",
+            sum(len(data) for data in files.values()),
+            self._limits.max_upload_bytes,
         )
+        # Files sent with a load are an upload: they count against the same limit.
+        with self._limits.uploads.slot():
+            await self._manager.load(name, config_json=config_json, files=files)
         return pb.RepositoryModelLoadResponse()
 
     @grpc_errors
@@ -258,7 +276,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # Stays "cancelled" when the client goes away and the task is cancelled mid-request.
         result = "cancelled"
         try:
-            inputs = decode_request(request, model, deadline)
+            inputs = decode_request(request, model, deadline, self._limits.max_tensor_elements)
             batch_size = inputs.batch_size
             response = await model.scheduler.submit(inputs)
             queue_ns = response.queue_ns
@@ -299,7 +317,9 @@ def _load_parameters(
         elif key.startswith("file:"):
             if kind != "bytes_param":
                 raise InvalidArgument(f"parameter '{key}': expected bytes_param, received {kind}")
-            files[key.removeprefix("file:")] = param.bytes_param
+            relative_path = key.removeprefix("file:")
+            check_relative_path(relative_path)
+            files[relative_path] = param.bytes_param
         else:
             raise InvalidArgument(
                 f"unknown load parameter '{key}'; expected 'config' or 'file:<version>/<name>'"

@@ -11,8 +11,10 @@ from trtserve.protocol import trtserve_pb2 as tpb
 from trtserve.protocol import trtserve_pb2_grpc as tpb_grpc
 from trtserve.server.api.registration import require_message
 from trtserve.server.api.status import grpc_errors
-from trtserve.server.errors import InvalidArgument, NotFound
+from trtserve.server.errors import FailedPrecondition, InvalidArgument, NotFound
+from trtserve.server.limits import RequestLimits, check_upload_size
 from trtserve.server.models.manager import ModelManager
+from trtserve.server.repository.repository import check_model_name, check_relative_path
 from trtserve.server.repository.transaction import StreamedFile
 
 # Chunks in flight between the gRPC stream and the writer thread: bounds the server's memory.
@@ -26,29 +28,41 @@ class UploadServicer(tpb_grpc.ModelUploadServicer):
     removed again and the previous version keeps serving.
     """
 
-    def __init__(self, manager: ModelManager, max_upload_bytes: int) -> None:
+    def __init__(self, manager: ModelManager, limits: RequestLimits) -> None:
         self._manager = manager
-        self._max_bytes = max_upload_bytes
+        self._limits = limits
+        # Versions being uploaded now, per model, so two uploads never pick the same one.
+        self._writing: dict[str, set[int]] = {}
 
     @grpc_errors
     async def UploadModel(
         self, request_iterator: AsyncIterator[Any], context: object
     ) -> tpb.UploadResponse:
-        header = await _read_header(request_iterator)
-        self._check_header(header)
+        with self._limits.uploads.slot():
+            header = await _read_header(request_iterator)
+            name = check_model_name(header.model_name)
+            self._check_header(header)
+            version = await self._reserve_version(name, header.version)
+            try:
+                return await self._store_and_load(request_iterator, header, version)
+            finally:
+                self._release(name, version)
+
+    async def _store_and_load(
+        self, request_iterator: AsyncIterator[Any], header: tpb.UploadHeader, version: int
+    ) -> tpb.UploadResponse:
         name = header.model_name
-        version = header.version or await self._next_version(name)
+        relative_path = f"{version}/{header.filename or 'model.plan'}"
+        check_relative_path(relative_path)
         chunks: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(_QUEUE_CHUNKS)
         stream = StreamedFile(
             _chunks_from(chunks, asyncio.get_running_loop(), header.total_bytes),
             header.sha256 or None,
-            self._max_bytes,
+            self._limits.max_upload_bytes,
         )
         load = asyncio.ensure_future(
             self._manager.load(
-                name,
-                config_json=header.config_json or None,
-                files={f"{version}/{header.filename or 'model.plan'}": stream},
+                name, config_json=header.config_json or None, files={relative_path: stream}
             )
         )
         await _feed(request_iterator, chunks, load)
@@ -62,11 +76,11 @@ class UploadServicer(tpb_grpc.ModelUploadServicer):
             raise InvalidArgument(
                 f"header.version: expected 0 or a positive integer, received {header.version}"
             )
-        if header.total_bytes > self._max_bytes:
-            raise InvalidArgument(
-                f"header.total_bytes: expected at most {self._max_bytes} (max upload size), "
-                f"received {header.total_bytes}"
-            )
+        check_upload_size(
+            f"model '{header.model_name}' header.total_bytes",
+            header.total_bytes,
+            self._limits.max_upload_bytes,
+        )
         if header.config_json:
             try:
                 json.loads(header.config_json)
@@ -75,12 +89,28 @@ class UploadServicer(tpb_grpc.ModelUploadServicer):
                     f"header.config_json: expected JSON, received invalid JSON: {error}"
                 ) from error
 
-    async def _next_version(self, name: str) -> int:
+    async def _reserve_version(self, name: str, requested: int) -> int:
+        """The version to write (`requested`, or one above the newest), held until released."""
         try:
             versions = await asyncio.to_thread(self._manager.repository.versions, name)
         except NotFound:  # a new model: its folder is created by the write
             versions = []
-        return max(versions, default=0) + 1
+        # No await from here on: the choice and the reservation are one step on the loop.
+        writing = self._writing.setdefault(name, set())
+        version = requested or (max([*versions, *writing], default=0) + 1)
+        if version in writing:
+            raise FailedPrecondition(
+                f"model '{name}' version {version}: expected no other upload of it in "
+                "progress, received a second one; retry when the first has finished"
+            )
+        writing.add(version)
+        return version
+
+    def _release(self, name: str, version: int) -> None:
+        writing = self._writing[name]
+        writing.discard(version)
+        if not writing:  # names come from clients: keep no entry for each one ever seen
+            del self._writing[name]
 
 
 async def _read_header(request_iterator: AsyncIterator[Any]) -> tpb.UploadHeader:

@@ -166,11 +166,13 @@ class TensorRTBackend(Backend):
 
     def load(self, path: Path, settings: ModelSettings) -> LoadedModel:
         name = settings.name
+        # The header is read first: a damaged plan gets its precise message even on a machine
+        # without a GPU.
+        plan = _read_plan(path, name)
+        header = _read_header(plan, path, name)
         ok, why = self.available()
         if not ok:
             raise Unavailable(f"model '{name}': {why}")
-        plan = _read_plan(path, name)
-        header = _read_header(plan, path, name)
         route = self._route(header, plan, path, name)
         device = _first_gpu(settings)
         require_device(device)

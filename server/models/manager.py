@@ -223,9 +223,8 @@ class ModelManager:
                 f"model '{name}': platform {settings.platform!r} is not supported; "
                 f"expected one of {sorted(self._backends)}"
             )
-        ok, why = backend.available()
-        if not ok:
-            raise Unavailable(f"model '{name}': backend {settings.platform} unavailable: {why}")
+        # Each backend checks that it can run here inside `load`, after it has looked at the
+        # file, so a damaged file gets its precise message even where the backend cannot run.
         path = self.repository.model_path(name, version, settings)
         if not path.is_file():
             raise NotFound(f"model '{name}' version {version}: model file {path.name} is missing")

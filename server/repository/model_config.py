@@ -44,15 +44,16 @@ _PLATFORM_BACKENDS = {platform: backend for backend, platform in BACKEND_PLATFOR
 # runs on the CPU.
 _DEFAULT_KIND = {ONNXRUNTIME: DeviceKind.CPU, TENSORRT: DeviceKind.GPU}
 
-# A plain file or folder name: no separators, bounded, and never "." or "..".
-FILE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+# A plain file or folder name: no separators, bounded, and never "." or "..". No leading dot
+# either: hidden names are the repository's temporary files (and a user's .git or .cache).
+FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 
 _Group = model_config_pb2.ModelInstanceGroup
 
 
 def is_plain_name(name: str) -> bool:
     """Whether `name` is a plain file or folder name of the accepted characters."""
-    return FILE_NAME.fullmatch(name) is not None and name not in (".", "..")
+    return FILE_NAME.fullmatch(name) is not None
 
 
 def parse_config_text(

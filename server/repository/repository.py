@@ -49,8 +49,8 @@ def check_model_name(name: str) -> str:
     if not is_plain_name(name):
         shown = name if len(name) <= 64 else name[:64] + "..."
         raise InvalidArgument(
-            f"model name: expected 1 to 128 characters from [A-Za-z0-9_.-], not '.' or '..', "
-            f"received {shown!r} ({len(name)} characters)"
+            f"model name: expected 1 to 128 characters from [A-Za-z0-9_.-], not starting "
+            f"with '.', received {shown!r} ({len(name)} characters)"
         )
     return name
 

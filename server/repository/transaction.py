@@ -5,11 +5,18 @@ fails, the folder must look as it did before. Each replaced file is first hard-l
 `.backup-` name beside it, so rolling back is a rename. A crash before commit leaves those
 backups behind; `recover_interrupted` restores them at the next start, because a change that
 was never acknowledged to its client must not half-survive.
+
+Several servers may share one repository (replicas on one volume). A change holds an exclusive
+POSIX record lock on `<root>/.locks/<model>.lock` from its first write to its commit or
+rollback; the kernel drops it when the process dies. Recovery skips a model whose lock another
+live process holds: what looks like debris there is a change in progress.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import shutil
@@ -26,6 +33,23 @@ from trtserve.server.repository.repository import (
 log = logging.getLogger(__name__)
 
 BACKUP_PREFIX = ".backup-"
+LOCKS_FOLDER = ".locks"
+
+
+def _open_lock(repository: ModelRepository, name: str) -> int:
+    folder = repository.root / LOCKS_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    return os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in (errno.EACCES, errno.EAGAIN):
+            return False
+        raise
+    return True
 
 
 @dataclass
@@ -53,9 +77,22 @@ class RepositoryChange:
     name: str
     _written: list[_Written] = field(default_factory=list)
     _folders_before: bool = False
+    _lock_fd: int | None = None
 
     def __post_init__(self) -> None:
         self._folders_before = self.repository.model_dir(self.name).exists()
+
+    def _lock(self) -> None:
+        # Taken on the first write (a worker thread: it may wait for another server's change).
+        if self._lock_fd is None:
+            fd = _open_lock(self.repository, self.repository.model_dir(self.name).name)
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+            self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the lock
+            self._lock_fd = None
 
     def write_config_json(self, text: str) -> None:
         """Replace the model's config.json."""
@@ -88,6 +125,7 @@ class RepositoryChange:
                 with contextlib.suppress(FileNotFoundError):
                     written.backup.unlink()
         self._written = []
+        self._unlock()
 
     def rollback(self) -> None:
         """Put every replaced file back and remove the new ones (and folders made for them)."""
@@ -104,8 +142,10 @@ class RepositoryChange:
         if not self._folders_before:
             _remove_empty(model_dir)
         fsync_dir(model_dir if model_dir.exists() else self.repository.root)
+        self._unlock()
 
     def _replace(self, target: Path, write: Callable[[], object]) -> None:
+        self._lock()
         backup: Path | None = None
         if target.exists():
             backup = target.with_name(BACKUP_PREFIX + target.name)
@@ -126,28 +166,56 @@ class RepositoryChange:
 
 
 def recover_interrupted(repository: ModelRepository) -> list[Path]:
-    """Restore files a crashed change had replaced and drop leftover temporary files."""
+    """Restore files a crashed change had replaced, drop leftover temporary files, and remove
+    version folders the crash left empty (a version folder without a file is no version).
+
+    Models that another live server is changing right now are left alone.
+    """
     restored: list[Path] = []
     if not repository.root.is_dir():
         return restored
-    for folder in _model_folders(repository.root):
-        for entry in folder.iterdir():
-            if entry.name.startswith(BACKUP_PREFIX):
-                original = entry.with_name(entry.name.removeprefix(BACKUP_PREFIX))
-                os.replace(entry, original)
-                fsync_dir(folder)
-                restored.append(original)
-                log.warning("restored %s from an interrupted change", original)
-            elif entry.name.startswith(TEMP_PREFIX) and entry.is_file():
-                entry.unlink()
+    for model in sorted(repository.root.iterdir()):
+        if not model.is_dir() or model.name.startswith("."):
+            continue
+        try:
+            fd = _open_lock(repository, model.name)
+        except OSError as error:  # a read-only repository: nothing was written through it
+            log.info("not recovering %s: no lock file (%s)", model, error)
+            continue
+        try:
+            if not _try_lock(fd):
+                log.info("not recovering %s: another server is changing it", model)
+                continue
+            restored += _recover_model(model)
+        finally:
+            os.close(fd)
     return restored
 
 
-def _model_folders(root: Path) -> Iterable[Path]:
-    for model in root.iterdir():
-        if model.is_dir():
-            yield model
-            yield from (v for v in model.iterdir() if v.is_dir())
+def _recover_model(model: Path) -> list[Path]:
+    restored: list[Path] = []
+    for folder in [model, *(v for v in model.iterdir() if v.is_dir())]:
+        for entry in folder.iterdir():
+            if entry.name.startswith(BACKUP_PREFIX):
+                original = entry.with_name(entry.name.removeprefix(BACKUP_PREFIX))
+                if original.exists() and os.path.samefile(entry, original):
+                    # The crash came before the new file replaced the original, which is
+                    # intact. (Renaming one link of a file over another does nothing, so the
+                    # backup would linger and later "restore" over newer edits.)
+                    entry.unlink()
+                else:
+                    os.replace(entry, original)
+                    restored.append(original)
+                    log.warning("restored %s from an interrupted change", original)
+                fsync_dir(folder)
+            elif entry.name.startswith(TEMP_PREFIX) and entry.is_file():
+                entry.unlink()
+        if folder != model and folder.name.isdigit():
+            with contextlib.suppress(OSError):  # not empty: a real version
+                folder.rmdir()
+                fsync_dir(model)
+                log.warning("removed %s, left empty by an interrupted change", folder)
+    return restored
 
 
 def _remove_empty(folder: Path) -> None:

@@ -10,6 +10,7 @@ import pytest
 from trtserve.server.errors import InvalidArgument
 from trtserve.server.repository.repository import ModelRepository
 from trtserve.server.repository.transaction import (
+    LOCKS_FOLDER,
     RepositoryChange,
     StreamedFile,
     recover_interrupted,
@@ -17,8 +18,11 @@ from trtserve.server.repository.transaction import (
 
 
 def listing(root: Path) -> dict[str, bytes]:
+    """Every file's content, but the lock files (they stay, empty, once a model was changed)."""
     return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and LOCKS_FOLDER not in p.relative_to(root).parts
     }
 
 

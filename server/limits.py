@@ -1,0 +1,80 @@
+"""Limits on what one request may ask of the server, each refused with RESOURCE_EXHAUSTED.
+
+A breach is answered at once, before the server allocates for it: a limit that queued the
+excess instead would turn a burst into memory growth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from math import prod
+
+from trtserve.server.errors import ResourceExhausted
+
+
+class ConcurrencyLimit:
+    """At most `limit` holders at once; one more is refused, not queued.
+
+    Used from the event loop only, so the counter needs no lock.
+    """
+
+    def __init__(self, limit: int, what: str, setting: str) -> None:
+        if limit < 1:
+            raise ValueError(f"{setting}: expected a positive integer, received {limit}")
+        self.limit = limit
+        self.what = what
+        self.setting = setting
+        self.in_use = 0
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one slot for the duration of the block, or raise ResourceExhausted."""
+        if self.in_use >= self.limit:
+            raise ResourceExhausted(
+                f"{self.what}: expected at most {self.limit} at once ({self.setting}), "
+                f"received one more while {self.in_use} are in progress; retry later"
+            )
+        self.in_use += 1
+        try:
+            yield
+        finally:
+            self.in_use -= 1
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """The per-request limits the API layer enforces (message size is gRPC's own)."""
+
+    max_tensor_elements: int
+    max_upload_bytes: int
+    uploads: ConcurrencyLimit
+
+    @classmethod
+    def create(
+        cls, max_tensor_elements: int, max_upload_bytes: int, max_concurrent_uploads: int
+    ) -> RequestLimits:
+        """Limits with a fresh upload counter."""
+        uploads = ConcurrencyLimit(
+            max_concurrent_uploads, "model uploads in progress", "max_concurrent_uploads"
+        )
+        return cls(max_tensor_elements, max_upload_bytes, uploads)
+
+
+def check_tensor_elements(model: str, tensor: str, shape: Sequence[int], limit: int) -> None:
+    """Refuse a tensor shape with more than `limit` elements (Python ints: no overflow)."""
+    count = prod(int(d) for d in shape)
+    if count > limit:
+        raise ResourceExhausted(
+            f"input '{tensor}' of model '{model}': expected at most {limit} elements "
+            f"(max_tensor_elements), received shape {list(shape)} = {count} elements"
+        )
+
+
+def check_upload_size(what: str, size: int, limit: int) -> None:
+    """Refuse an upload of more than `limit` bytes."""
+    if size > limit:
+        raise ResourceExhausted(
+            f"{what}: expected at most {limit} bytes (max_upload_mb), received {size}"
+        )
