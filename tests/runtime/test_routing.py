@@ -87,5 +87,11 @@ def test_backend_without_gpu_is_unavailable(tmp_path: Path) -> None:
     ok, why = backend.available()
     assert not ok
     assert "no CUDA device" in why
-    with pytest.raises(Unavailable, match="model 'm': no CUDA device"):
+    # A damaged file is reported as such even here; an intact plan as needing a GPU.
+    with pytest.raises(FailedPrecondition, match="model 'm': cannot read"):
         backend.load(tmp_path / "model.plan", ModelSettings(name="m", platform="tensorrt_plan"))
+    real = Path(__file__).resolve().parents[2].parent / "shared" / "plans"
+    plan = real / "conv_relu_trt11.0.0.114.plan"
+    if plan.is_file():
+        with pytest.raises(Unavailable, match="model 'm': no CUDA device"):
+            backend.load(plan, ModelSettings(name="m", platform="tensorrt_plan"))
