@@ -17,12 +17,10 @@ import datetime
 import os
 import platform
 import re
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from load import LoadResult, machine_cpu_s
+from server_under_test import ServerUnderTest, launch
 from tensor_arg import TensorArg
 
 from trtserve.protocol import grpc_service_pb2 as pb
@@ -47,7 +46,6 @@ from trtserve.server.default_model import (
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-READY = re.compile(r"serving gRPC on ([^ ,]+):(\d+)")
 
 TINY_MODEL = "simple"
 TINY_INPUTS = (TensorArg("INPUT0", "FP32", (1, 16)), TensorArg("INPUT1", "FP32", (1, 16)))
@@ -113,59 +111,8 @@ def write_repository(root: Path) -> None:
         (root / name / "1" / "model.onnx").write_bytes(onnx_bytes)
 
 
-@dataclass
-class Process:
-    """A server subprocess, the address it reported and everything it printed."""
-
-    name: str
-    popen: subprocess.Popen[str]
-    address: str = ""
-    output: list[str] = field(default_factory=list)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(30)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(10)
-
-
-def start_process(name: str, args: Sequence[str], timeout: float = 120.0) -> Process:
-    """Start a server and wait for its `serving gRPC on HOST:PORT` line."""
-    popen = subprocess.Popen(
-        [sys.executable, "-u", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
-    )
-    process = Process(name, popen)
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert popen.stdout is not None
-        for line in popen.stdout:
-            process.output.append(line)
-            if not process.address and (m := READY.search(line)):
-                process.address = f"{m.group(1)}:{m.group(2)}"
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    if not ready.wait(timeout) or not process.address:
-        process.stop()
-        raise RuntimeError(f"{name} did not start:\n" + "".join(process.output))
-    return process
-
-
 def run_load(
-    server: Process,
+    server: ServerUnderTest,
     model: str,
     inputs: Sequence[TensorArg],
     concurrency: int,
@@ -437,7 +384,7 @@ def wait_for_quiet(max_wait_s: float, log: Callable[[str], None]) -> None:
 
 
 def measure(
-    server: Process,
+    server: ServerUnderTest,
     model: str,
     inputs: Sequence[TensorArg],
     concurrency: int,
@@ -487,7 +434,7 @@ class TinyRows:
 
 
 def run_tiny(
-    ours: Process, floor: Process, plan: Plan, log: Callable[[str], None]
+    ours: ServerUnderTest, floor: ServerUnderTest, plan: Plan, log: Callable[[str], None]
 ) -> list[TinyRows]:
     rows = [
         TinyRows(c, Row(f"floor, c={c}"), Row(f"trtserve, c={c}", SIMPLE_INSTANCES))
@@ -512,7 +459,7 @@ def run_tiny(
     return rows
 
 
-def run_dense(ours: Process, plan: Plan, log: Callable[[str], None]) -> tuple[Row, Row]:
+def run_dense(ours: ServerUnderTest, plan: Plan, log: Callable[[str], None]) -> tuple[Row, Row]:
     on = Row(f"batching on, c={DENSE_CONCURRENCY}", DENSE_INSTANCES)
     off = Row(f"batching off, c={DENSE_CONCURRENCY}", DENSE_INSTANCES)
     for repeat in range(plan.repeats):
@@ -533,7 +480,7 @@ def run_dense(ours: Process, plan: Plan, log: Callable[[str], None]) -> tuple[Ro
 
 
 def profile_server(
-    server: Process,
+    server: ServerUnderTest,
     model: str,
     inputs: Sequence[TensorArg],
     concurrency: int,
@@ -818,10 +765,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="trtserve-bench-") as tmp:
         repository = Path(tmp) / "models"
         write_repository(repository)
-        servers: list[Process] = []
+        servers: list[ServerUnderTest] = []
         try:
-            ours = start_process(
-                "trtserve",
+            ours = launch(
                 [
                     "-m",
                     "trtserve.cli.main",
@@ -837,16 +783,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "--repository",
                     str(repository),
                 ],
+                "trtserve",
             )
             servers.append(ours)
-            floor = start_process(
-                "floor",
+            floor = launch(
                 [
                     str(HERE / "floor_server.py"),
                     "--model",
                     TINY_MODEL,
                     *[a for t in TINY_OUTPUTS for a in ("--output", str(t))],
                 ],
+                "floor",
             )
             servers.append(floor)
             log(f"trtserve on {ours.address} (pid {ours.pid}), floor on {floor.address}")

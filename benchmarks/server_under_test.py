@@ -71,29 +71,14 @@ class ServerUnderTest:
         return self.popen.wait(10)
 
 
-def start(
-    repository: Path, extra_args: Sequence[str] = (), timeout: float = 120.0
-) -> ServerUnderTest:
-    """Start `trtserve serve` on a free loopback port; return once it is serving."""
-    args = [
-        sys.executable,
-        "-u",
-        "-m",
-        "trtserve.cli.main",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--grpc-port",
-        "0",
-        "--metrics-port",
-        "-1",
-        "--insecure-local-admin",
-        "--repository",
-        str(repository),
-        *extra_args,
-    ]
+def launch(args: Sequence[str], name: str = "server", timeout: float = 120.0) -> ServerUnderTest:
+    """Run `python -u ARGS` and return once it prints its `serving gRPC on HOST:PORT` line."""
     popen = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
+        [sys.executable, "-u", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
     )
     server = ServerUnderTest(popen)
     ready = threading.Event()
@@ -110,8 +95,30 @@ def start(
     threading.Thread(target=pump, daemon=True).start()
     if not ready.wait(timeout) or not server.address:
         popen.kill()
-        raise RuntimeError("server did not start:\n" + "".join(server.output))
+        raise RuntimeError(f"{name} did not start:\n" + "".join(server.output))
     return server
+
+
+def start(
+    repository: Path, extra_args: Sequence[str] = (), timeout: float = 120.0
+) -> ServerUnderTest:
+    """Start `trtserve serve` on a free loopback port; return once it is serving."""
+    args = [
+        "-m",
+        "trtserve.cli.main",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "-1",
+        "--insecure-local-admin",
+        "--repository",
+        str(repository),
+        *extra_args,
+    ]
+    return launch(args, "trtserve", timeout)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
