@@ -165,16 +165,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # Every name is checked before anything is written.
         name = check_model_name(_required(request.model_name, "model_name"))
         config_json, files = _load_parameters(request)
-        if not files:
-            await self._manager.load(name, config_json=config_json)
-            return pb.RepositoryModelLoadResponse()
-        check_upload_size(
-            f"model '{name}' file overrides",
-            sum(len(data) for data in files.values()),
-            self._limits.max_upload_bytes,
-        )
-        # Files sent with a load are an upload: they count against the same limit.
-        with self._limits.uploads.slot():
+        # Files sent with a load are an upload: they count against the same limits.
+        slot: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+        if files:
+            check_upload_size(
+                f"model '{name}' file overrides",
+                sum(len(data) for data in files.values()),
+                self._limits.max_upload_bytes,
+            )
+            slot = self._limits.uploads.slot()
+        with slot:
             await self._manager.load(name, config_json=config_json, files=files)
         return pb.RepositoryModelLoadResponse()
 

@@ -203,8 +203,6 @@ class ModelManager:
                 error = e
                 continue
             record.serving = serving
-            # ModelStatistics lists a ready model before its first request, as clients expect.
-            self._metrics.stats(name, str(version))
             self._set_state(record, ModelState.READY, "", str(version))
             if previous is not None:
                 await previous.close(drain=True)
@@ -235,6 +233,8 @@ class ModelManager:
         except BaseException:
             await asyncio.to_thread(loaded.close)
             raise
+        # Creating the version's metrics also lists it in ModelStatistics before its first
+        # request, as clients (perf_analyzer) expect.
         metrics = self._metrics.version(name, str(version))
         scheduler = ModelScheduler(self._scheduler_config(complete, version), instances, metrics)
         scheduler.start()
