@@ -343,6 +343,8 @@ class Server:
 def start_server(repository: Path, runtimes_dir: Path, versions: Sequence[str]) -> Server:
     args = [sys.executable, "-u", "-m", "trtserve.cli.main", "serve", "--host", "127.0.0.1"]
     args += ["--grpc-port", "0", "--metrics-port", "0", "--log-level", "WARNING"]
+    # It uploads the plan itself: admin calls are open to loopback callers only.
+    args += ["--insecure-local-admin"]
     args += ["--repository", str(repository), "--runtimes-dir", str(runtimes_dir)]
     for version in versions:
         args += ["--preload-runtimes", version]
