@@ -3,13 +3,14 @@
 #
 #   bash scripts/gpu_run.sh unpack   # unpack the staged lean wheel(s) into /tmp/lean/<VERSION>/
 #   bash scripts/gpu_run.sh full     # unpack, install, GPU tests, benchmark; results in $OUT
+#   bash scripts/gpu_run.sh multi    # the same on a two-GPU host, with the multi-GPU benchmark
 #
 # The machine has no package index: what is not installed there travels as wheels in .whl/
 # (scripts/build_gpu_wheels.sh builds them) and .gpu/ (../shared/gpu/stage.sh stages them). Each
 # call carries one lean runtime folder (64 MiB limit per call) and /tmp survives between quick
 # calls, so earlier calls run `unpack` with the other versions and /tmp/lean collects them all.
-# `full` writes at most 8 flat files to $OUT: env.txt, unpack.log, pytest.log, servers.log,
-# bench.log, gpu_bench.json, gpu_bench.md.
+# `full` and `multi` write a few flat files to $OUT: env.txt, unpack.log, pytest.log,
+# servers.log, bench.log and the benchmark's .json and .md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-full}
@@ -91,7 +92,7 @@ case $mode in
 unpack)
   unpack
   ;;
-full)
+full | multi)
   started=$SECONDS
   unpack
   install || {
@@ -102,24 +103,31 @@ full)
   export TRTSERVE_RUNTIMES_DIR=$LEAN TRTSERVE_TEST_PLANS=$PWD/.gpu/plans
   export TRTSERVE_SERVER_LOG=$OUT/servers.log TRTSERVE_GPU_REPORT=$OUT/corrupt_plans.json PYTHONDONTWRITEBYTECODE=1
   : >"$TRTSERVE_SERVER_LOG"
-  timeout 240 python3 -m pytest -m gpu -v tests/gpu -p no:cacheprovider -rA 2>&1 | tee "$OUT/pytest.log"
+  timeout 300 python3 -m pytest -m gpu -v tests/gpu -p no:cacheprovider -rA 2>&1 | tee "$OUT/pytest.log"
   tests_rc=${PIPESTATUS[0]}
-  timeout 180 python3 benchmarks/gpu_bench.py --runtimes-dir "$LEAN" --plans .gpu/plans \
-    --out "$OUT/gpu_bench.json" 2>&1 | tee "$OUT/bench.log"
+  if [[ $mode == multi ]]; then
+    bench=multi_gpu_bench
+    timeout 200 python3 benchmarks/multi_gpu_bench.py --runtimes-dir "$LEAN" --plans .gpu/plans \
+      --out "$OUT/$bench.json" 2>&1 | tee "$OUT/bench.log"
+  else
+    bench=gpu_bench
+    timeout 180 python3 benchmarks/gpu_bench.py --runtimes-dir "$LEAN" --plans .gpu/plans \
+      --out "$OUT/$bench.json" 2>&1 | tee "$OUT/bench.log"
+  fi
   bench_rc=${PIPESTATUS[0]}
   echo
   echo "==================== summary ($((SECONDS - started)) s) ===================="
-  grep -m1 -E "^GPU [0-9]" "$OUT/env.txt" || true
+  grep -E "^GPU [0-9]" "$OUT/env.txt" || true
   echo "lean runtimes: $(ls "$LEAN" | tr '\n' ' ')"
   echo "pytest (exit $tests_rc): $(grep -E '^=+ .*(passed|failed|skipped|error).* =+$' "$OUT/pytest.log" | tail -1)"
   grep -E '^(PASSED|FAILED|ERROR|SKIPPED) ' "$OUT/pytest.log" | sed 's/^/  /'
   echo "benchmark (exit $bench_rc):"
-  cat "$OUT/gpu_bench.md" 2>/dev/null || tail -20 "$OUT/bench.log"
+  cat "$OUT/$bench.md" 2>/dev/null || tail -20 "$OUT/bench.log"
   ls -la "$OUT"
   ((tests_rc == 0 && bench_rc == 0))
   ;;
 *)
-  echo "usage: bash scripts/gpu_run.sh unpack|full" >&2
+  echo "usage: bash scripts/gpu_run.sh unpack|full|multi" >&2
   exit 2
   ;;
 esac

@@ -112,6 +112,12 @@ class ServerMetrics:
             buckets=_BATCH_BUCKETS,
             registry=registry,
         )
+        self.instance_executions = Counter(
+            "trtserve_instance_executions",
+            "Batches executed by each model instance, by the device it runs on.",
+            (*labels, "instance", "device"),
+            registry=registry,
+        )
         self.pending = Gauge(
             "trtserve_pending_requests",
             "Requests queued or executing.",
@@ -180,6 +186,11 @@ class VersionMetrics:
         self._batch_size = metrics.batch_size.labels(model, version)
         self.pending = metrics.pending.labels(model, version)
         self.stats = stats
+
+    def instance_executions(self, instance: str, device: str) -> Counter:
+        """The execution counter of one instance ("0", "1", ...) on one device ("gpu:1")."""
+        counter: Counter = self._metrics.instance_executions.labels(*self._labels, instance, device)
+        return counter
 
     def record_request(
         self, outcome: str, total_ns: int, queue_ns: int | None, batch_size: int = 1

@@ -26,6 +26,11 @@ class Placement:
     # Index of this instance among the model's instances (0-based).
     index: int = 0
 
+    @property
+    def device(self) -> str:
+        """The device as metrics label it: "cpu" or "gpu:<ordinal>"."""
+        return "cpu" if self.kind is DeviceKind.CPU else f"gpu:{self.device_id}"
+
 
 @dataclass(frozen=True)
 class ExecutionTimings:

@@ -92,6 +92,17 @@ class EngineTensor:
     shape: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class InstanceMemory:
+    """Where one instance's CUDA objects live: its device, stream and buffer addresses."""
+
+    device_id: int
+    stream: int
+    # Tensor name -> address, on the device and in pinned host memory.
+    device_buffers: Mapping[str, int]
+    host_buffers: Mapping[str, int]
+
+
 class TensorRTBackend(Backend):
     """Loads `tensorrt_plan` models through the process's dispatch and lean runtimes."""
 
@@ -461,6 +472,15 @@ class TensorRTInstance(ModelInstance):
                 compute_infer_ns=infer,
                 compute_output_ns=d2h + (done - synced),
             ),
+        )
+
+    def memory(self) -> InstanceMemory:
+        """The instance's stream and buffers (what a placement check inspects)."""
+        return InstanceMemory(
+            self._device,
+            int(self._stream),
+            dict(self._device_buffers),
+            dict(self._host_buffers),
         )
 
     def close(self) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -229,14 +229,17 @@ class ModelManager:
         loaded = await asyncio.to_thread(backend.load, path, settings)
         try:
             complete = complete_settings(settings, loaded.io)
-            instances = await asyncio.to_thread(_create_instances, loaded, complete)
+            placements = _placements(complete)
+            instances = await asyncio.to_thread(_create_instances, loaded, placements)
         except BaseException:
             await asyncio.to_thread(loaded.close)
             raise
         # Creating the version's metrics also lists it in ModelStatistics before its first
         # request, as clients (perf_analyzer) expect.
         metrics = self._metrics.version(name, str(version))
-        scheduler = ModelScheduler(self._scheduler_config(complete, version), instances, metrics)
+        scheduler = ModelScheduler(
+            self._scheduler_config(complete, version), instances, placements, metrics
+        )
         scheduler.start()
         return ServingModel(
             name, version, complete, loaded.io, loaded, instances, scheduler, metrics
@@ -268,10 +271,10 @@ class ModelManager:
         )
 
 
-def _create_instances(loaded: LoadedModel, settings: ModelSettings) -> list[ModelInstance]:
+def _create_instances(loaded: LoadedModel, placements: Sequence[Placement]) -> list[ModelInstance]:
     instances: list[ModelInstance] = []
     try:
-        for placement in _placements(settings):
+        for placement in placements:
             instances.append(loaded.create_instance(placement))
     except BaseException:
         for instance in instances:

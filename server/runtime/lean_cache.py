@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from trtserve.server.errors import FailedPrecondition, Unavailable
 from trtserve.server.runtime.cuda_device import cuda_device_count
@@ -33,6 +33,12 @@ LEAN_RUNTIMES_LOADED = Gauge(
 LEAN_RUNTIME_REFERENCES = Gauge(
     "trtserve_lean_runtime_references",
     "Engines using each loaded TensorRT lean runtime",
+    ["version"],
+)
+# A version loaded more than once was dropped as unused in between (see `max_unused`).
+LEAN_RUNTIME_LOADS = Counter(
+    "trtserve_lean_runtime_loads",
+    "Times each TensorRT lean runtime version was loaded in this process",
     ["version"],
 )
 LEAN_RUNTIME_LOAD_SECONDS = Histogram(
@@ -187,6 +193,7 @@ class LeanCache:
                 f"lean runtime {version}: TensorRT could not load {library}: {said}"
             )
         LEAN_RUNTIME_LOAD_SECONDS.observe(elapsed)
+        LEAN_RUNTIME_LOADS.labels(str(version)).inc()
         LEAN_RUNTIMES_LOADED.labels(str(version)).set(1)
         return runtime
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from trtserve.server.backends.base import ExecutionResult, ModelInstance
+from trtserve.server.backends.base import ExecutionResult, ModelInstance, Placement
 from trtserve.server.errors import (
     DeadlineExceeded,
     Internal,
@@ -65,13 +65,24 @@ class ModelScheduler:
     """Queues requests of one model version and runs them on its instances."""
 
     def __init__(
-        self, config: SchedulerConfig, instances: Sequence[ModelInstance], metrics: VersionMetrics
+        self,
+        config: SchedulerConfig,
+        instances: Sequence[ModelInstance],
+        placements: Sequence[Placement],
+        metrics: VersionMetrics,
     ) -> None:
+        """`placements[i]` is where `instances[i]` runs (it labels its execution count)."""
         if not instances:
             raise ValueError("a scheduler needs at least one instance")
+        if len(placements) != len(instances):
+            raise ValueError(
+                f"placements: expected one per instance ({len(instances)}), "
+                f"received {len(placements)}"
+            )
         self.config = config
         self._instances = list(instances)
         self._metrics = metrics
+        self._executions = [metrics.instance_executions(str(p.index), p.device) for p in placements]
         self._queue: deque[_Pending] = deque()
         self._waiters: list[asyncio.Future[None]] = []
         self._closing = False
@@ -257,10 +268,11 @@ class ModelScheduler:
             for p in batch:
                 self._fail(p, Internal(f"model '{self.config.model}': execution failed: {error}"))
             return
-        self._record(batch, result)
+        self._record(index, batch, result)
         self._deliver(batch, result, started_ns)
 
-    def _record(self, batch: list[_Pending], result: ExecutionResult) -> None:
+    def _record(self, index: int, batch: list[_Pending], result: ExecutionResult) -> None:
+        self._executions[index].inc()
         t = result.timings
         self._metrics.record_execution(
             sum(p.request.batch_size for p in batch),

@@ -31,48 +31,31 @@ from typing import Any, cast
 
 import numpy as np
 import pytest
+from plan_fixtures import (
+    OLD_PLAN_NAME,
+    OUTPUT_SHAPE,
+    PLAN_NAME,
+    ROOT,
+    VERSION,
+    direct_run,
+    plans_dir,
+    requirements_missing,
+    seeded_input,
+)
 
-from trtserve.server.runtime.cuda_device import cuda_device_count
 from trtserve.server.runtime.lean_store import ENV_RUNTIMES_DIR, LeanStore
 from trtserve.server.runtime.plan_header import TrtVersion
 
 pytestmark = pytest.mark.gpu
 
 GPU_TESTS = Path(__file__).resolve().parent
-ROOT = GPU_TESTS.parents[1]
 DRIVER = "triton_gpu_driver"
-PLAN_NAME = "conv_relu_trt11.0.0.114.plan"
-OLD_PLAN_NAME = "conv_relu_trt10.0.1.6.plan"
-VERSION = TrtVersion(11, 0, 0, 114)
-OUTPUT_SHAPE = (1, 16, 222, 222)
 CALL_TIMEOUT_S = 300.0
 ENGINE_FAILURE = "Engine deserialization failed"
 
-
-def plans_dir() -> Path:
-    configured = os.environ.get("TRTSERVE_TEST_PLANS")
-    if configured:
-        return Path(configured).resolve()
-    return (ROOT / ".." / "shared" / "plans").resolve()
-
-
-def requirements_missing() -> str:
-    for module in ("tensorrt_dispatch", "tritonclient"):
-        if importlib.util.find_spec(module) is None:
-            return f"{module} is not installed"
-    if cuda_device_count() == 0:
-        return "no CUDA device"
-    for name in (PLAN_NAME, OLD_PLAN_NAME):
-        if not (plans_dir() / name).is_file():
-            return f"{name} not found in {plans_dir()}"
-    if not os.environ.get(ENV_RUNTIMES_DIR):
-        return f"{ENV_RUNTIMES_DIR} is not set"
-    if LeanStore().path_for(VERSION) is None:
-        return f"lean runtime {VERSION} is not installed in ${ENV_RUNTIMES_DIR}"
-    return ""
-
-
-_missing = requirements_missing()
+_missing = requirements_missing(
+    modules=("tensorrt_dispatch", "tritonclient"), plans=(PLAN_NAME, OLD_PLAN_NAME)
+)
 if _missing:
     pytest.skip(_missing, allow_module_level=True)
 
@@ -187,14 +170,13 @@ def plan() -> bytes:
 
 @pytest.fixture(scope="module")
 def x() -> np.ndarray:
-    np.random.seed(0)
-    return np.random.rand(1, 3, 224, 224).astype(np.float32) - 0.5
+    return seeded_input()
 
 
 @pytest.fixture(scope="module")
 def expected(x: np.ndarray) -> np.ndarray:
     """The plan's output for `x` from TensorRT itself, in this process."""
-    return direct_run(plans_dir() / PLAN_NAME, x)
+    return direct_run(x)
 
 
 @pytest.fixture(scope="module")
@@ -243,47 +225,6 @@ def upload_command(
 
 
 # --- TensorRT directly ---------------------------------------------------------------------
-
-
-def direct_run(plan: Path, x: np.ndarray) -> np.ndarray:
-    """The plan run with tensorrt_dispatch, its lean runtime and cuda-bindings: no trtserve code."""
-    import tensorrt_dispatch as trt
-    from cuda.bindings import runtime as cudart
-
-    def ok(result: Any) -> Any:
-        err = result[0] if isinstance(result, tuple) else result
-        assert int(err) == 0, f"CUDA error {err}"
-        return result[1] if isinstance(result, tuple) and len(result) > 1 else None
-
-    library = LeanStore().path_for(VERSION)
-    assert library is not None
-    logger = trt.Logger(trt.Logger.WARNING)
-    dispatch = trt.Runtime(logger)
-    lean = dispatch.load_runtime(str(library))
-    assert lean is not None, f"load_runtime({library}) failed"
-    engine = lean.deserialize_cuda_engine(plan.read_bytes())
-    assert engine is not None, "the lean runtime did not deserialize the plan"
-    context = engine.create_execution_context()
-    out = np.empty(OUTPUT_SHAPE, dtype=np.float32)
-    stream = ok(cudart.cudaStreamCreate())
-    d_in = ok(cudart.cudaMalloc(x.nbytes))
-    d_out = ok(cudart.cudaMalloc(out.nbytes))
-    h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-    d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-    try:
-        ok(cudart.cudaMemcpy(d_in, x.ctypes.data, x.nbytes, h2d))
-        assert context.set_tensor_address("x", int(d_in))
-        assert context.set_tensor_address("output0", int(d_out))
-        assert context.execute_async_v3(int(stream))
-        ok(cudart.cudaStreamSynchronize(stream))
-        ok(cudart.cudaMemcpy(out.ctypes.data, d_out, out.nbytes, d2h))
-    finally:
-        ok(cudart.cudaFree(d_in))
-        ok(cudart.cudaFree(d_out))
-        ok(cudart.cudaStreamDestroy(stream))
-        # Engines before the runtime that made them.
-        del context, engine, lean, dispatch
-    return out
 
 
 def test_direct_run_is_the_known_output(expected: np.ndarray) -> None:

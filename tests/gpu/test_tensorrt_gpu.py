@@ -7,50 +7,29 @@ $TRTSERVE_TEST_PLANS) and lean runtime 11.0.0.114 installed in $TRTSERVE_RUNTIME
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import threading
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
+from plan_fixtures import (
+    PLAN_NAME,
+    VERSION,
+    direct_run,
+    plans_dir,
+    requirements_missing,
+    seeded_input,
+)
 
 from trtserve.server.backends.base import Placement
 from trtserve.server.backends.tensorrt_backend import TensorRTBackend, TensorRTModel
 from trtserve.server.errors import FailedPrecondition, Unavailable
 from trtserve.server.runtime.cuda_device import cuda_device_count
-from trtserve.server.runtime.lean_store import ENV_RUNTIMES_DIR, LeanStore
+from trtserve.server.runtime.lean_store import LeanStore
 from trtserve.server.runtime.plan_header import TrtVersion
 from trtserve.server.specs import DeviceKind, InstanceGroup, ModelSettings
 
 pytestmark = pytest.mark.gpu
-
-PLAN_NAME = "conv_relu_trt11.0.0.114.plan"
-VERSION = TrtVersion(11, 0, 0, 114)
-
-
-def plans_dir() -> Path:
-    configured = os.environ.get("TRTSERVE_TEST_PLANS")
-    if configured:
-        return Path(configured)
-    return Path(__file__).resolve().parents[2] / ".." / "shared" / "plans"
-
-
-def requirements_missing() -> str:
-    if importlib.util.find_spec("tensorrt_dispatch") is None:
-        return "tensorrt_dispatch is not installed"
-    if cuda_device_count() == 0:
-        return "no CUDA device"
-    if not (plans_dir() / PLAN_NAME).is_file():
-        return f"{PLAN_NAME} not found in {plans_dir()}"
-    if not os.environ.get(ENV_RUNTIMES_DIR):
-        return f"{ENV_RUNTIMES_DIR} is not set"
-    if LeanStore().path_for(VERSION) is None:
-        return f"lean runtime {VERSION} is not installed in ${ENV_RUNTIMES_DIR}"
-    return ""
-
 
 _missing = requirements_missing()
 if _missing:
@@ -84,44 +63,7 @@ def model(backend: TensorRTBackend) -> Iterator[TensorRTModel]:
 
 @pytest.fixture(scope="module")
 def x() -> np.ndarray:
-    np.random.seed(0)
-    return np.random.rand(1, 3, 224, 224).astype(np.float32) - 0.5
-
-
-def direct_run(x: np.ndarray) -> np.ndarray:
-    """The same plan run with TensorRT and cuda-bindings directly, no trtserve code."""
-    import tensorrt_dispatch as trt
-    from cuda.bindings import runtime as cudart
-
-    def ok(result: Any) -> Any:
-        err = result[0] if isinstance(result, tuple) else result
-        assert int(err) == 0, f"CUDA error {err}"
-        return result[1] if isinstance(result, tuple) and len(result) > 1 else None
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    dispatch = trt.Runtime(logger)
-    lean = dispatch.load_runtime(str(LeanStore().path_for(VERSION)))
-    engine = lean.deserialize_cuda_engine((plans_dir() / PLAN_NAME).read_bytes())
-    context = engine.create_execution_context()
-    out = np.empty((1, 16, 222, 222), dtype=np.float32)
-    stream = ok(cudart.cudaStreamCreate())
-    d_in = ok(cudart.cudaMalloc(x.nbytes))
-    d_out = ok(cudart.cudaMalloc(out.nbytes))
-    h2d, d2h = (
-        cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
-        cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
-    )
-    ok(cudart.cudaMemcpy(d_in, x.ctypes.data, x.nbytes, h2d))
-    assert context.set_tensor_address("x", int(d_in))
-    assert context.set_tensor_address("output0", int(d_out))
-    assert context.execute_async_v3(int(stream))
-    ok(cudart.cudaStreamSynchronize(stream))
-    ok(cudart.cudaMemcpy(out.ctypes.data, d_out, out.nbytes, d2h))
-    ok(cudart.cudaFree(d_in))
-    ok(cudart.cudaFree(d_out))
-    ok(cudart.cudaStreamDestroy(stream))
-    del context, engine, lean
-    return out
+    return seeded_input()
 
 
 def test_io_is_derived_from_the_engine(model: TensorRTModel) -> None:

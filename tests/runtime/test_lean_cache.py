@@ -195,6 +195,9 @@ def test_metrics() -> None:
     assert REGISTRY.get_sample_value("trtserve_lean_runtime_load_seconds_count") == count_before + 1
     lease.release()
     assert REGISTRY.get_sample_value("trtserve_lean_runtimes_loaded", {"version": str(v)}) is None
+    # Dropped as unused (max_unused=0), so the next use loads it again, and the count shows it.
+    cache.acquire(v, lib(v)).release()
+    assert REGISTRY.get_sample_value("trtserve_lean_runtime_loads_total", {"version": str(v)}) == 2
 
 
 def test_host_code_is_allowed_only_during_the_trusted_deserialization() -> None:

@@ -12,12 +12,17 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from trtserve.server.backends.base import ExecutionResult, ExecutionTimings, ModelInstance
+from trtserve.server.backends.base import (
+    ExecutionResult,
+    ExecutionTimings,
+    ModelInstance,
+    Placement,
+)
 from trtserve.server.errors import DeadlineExceeded, Internal, ResourceExhausted, Unavailable
 from trtserve.server.metrics import ServerMetrics
 from trtserve.server.scheduler.batcher import ModelScheduler, SchedulerConfig
 from trtserve.server.scheduler.request import InferenceRequest
-from trtserve.server.specs import BatchingSettings
+from trtserve.server.specs import BatchingSettings, DeviceKind
 
 T = TypeVar("T")
 
@@ -57,7 +62,8 @@ def make_scheduler(
     config = SchedulerConfig(
         "m", "1", max_batch_size, BatchingSettings(batching, (), delay_us), max_queue_size
     )
-    return ModelScheduler(config, [instance], ServerMetrics(CollectorRegistry()).version("m", "1"))
+    metrics = ServerMetrics(CollectorRegistry()).version("m", "1")
+    return ModelScheduler(config, [instance], [Placement(DeviceKind.CPU)], metrics)
 
 
 def request(
@@ -316,3 +322,41 @@ def test_without_dynamic_batching_requests_run_one_by_one() -> None:
 
     run(scenario)
     assert instance.batch_sizes == [1, 2, 2, 2]
+
+
+def test_each_instance_counts_its_executions_under_its_device() -> None:
+    registry = CollectorRegistry()
+    metrics = ServerMetrics(registry).version("m", "1")
+    instances = [GatedDoubler(), GatedDoubler()]
+    placements = [Placement(DeviceKind.GPU, 0, 0), Placement(DeviceKind.GPU, 1, 1)]
+    config = SchedulerConfig("m", "1", 0, BatchingSettings(False, (), 0), 10)
+
+    async def scenario() -> None:
+        scheduler = ModelScheduler(config, instances, placements, metrics)
+        scheduler.start()
+        tasks = [asyncio.create_task(scheduler.submit(request(1, 1.0))) for _ in range(2)]
+        # Both gates are closed: the two requests can only run on the two instances at once.
+        for instance in instances:
+            await wait_started(instance)
+        for instance in instances:
+            instance.gate.set()
+        await asyncio.gather(*tasks)
+        await asyncio.gather(*(scheduler.submit(request(1, 2.0)) for _ in range(3)))
+        await scheduler.close()
+
+    run(scenario)
+
+    def executions(instance: str, device: str) -> float | None:
+        labels = {"model": "m", "version": "1", "instance": instance, "device": device}
+        return registry.get_sample_value("trtserve_instance_executions_total", labels)
+
+    assert executions("0", "gpu:0") == len(instances[0].batch_sizes) >= 1
+    assert executions("1", "gpu:1") == len(instances[1].batch_sizes) >= 1
+    assert len(instances[0].batch_sizes) + len(instances[1].batch_sizes) == 5
+
+
+def test_placements_must_match_the_instances() -> None:
+    config = SchedulerConfig("m", "1", 0, BatchingSettings(False, (), 0), 10)
+    metrics = ServerMetrics(CollectorRegistry()).version("m", "1")
+    with pytest.raises(ValueError, match=r"expected one per instance \(1\), received 0"):
+        ModelScheduler(config, [GatedDoubler()], [], metrics)
