@@ -29,6 +29,7 @@ from tensor_arg import TensorArg, tensor_argument
 
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.protocol import grpc_service_pb2_grpc as pb_grpc
+from trtserve.protocol.transport import flow_control_options
 
 # The same message limits as `trtserve serve` by default, so both parse the same way.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -63,6 +64,8 @@ async def serve(host: str, port: int, response: pb.ModelInferResponse) -> None:
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # What `trtserve serve` sets by default (trtserve.protocol.transport).
+            *flow_control_options(),
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(FloorServicer(response), server)

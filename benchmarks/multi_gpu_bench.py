@@ -3,16 +3,19 @@
     python benchmarks/multi_gpu_bench.py --runtimes-dir /tmp/lean --plans .gpu/plans \\
         --out results/multi_gpu.json
 
-Both layouts have 4 instances in all: 4 on GPU 0, or 2 on GPU 0 and 2 on GPU 1. Rounds
-alternate between the layouts so that drift on the machine hits both alike.
+Rounds alternate between the layouts so that drift on the machine hits all alike.
 
 (a) backend: TensorRT instances in this process, 16 threads taking an idle instance each
-    (what the server's scheduler does), no gRPC;
-(b) server: one `trtserve serve` process with a model per layout, driven by load.py (grpc.aio,
-    a prebuilt request) from its own process at concurrency 16, with the server's CPU time;
+    (what the server's scheduler does), no gRPC: 4 instances on GPU 0, 2 + 2 on GPUs 0 and 1,
+    and 4 + 4; with the mean host and GPU time of one execution;
+(b) server: `trtserve serve` driven by load.py (grpc.aio, a prebuilt request) from its own
+    process at concurrency 16, with the server's CPU time: one process with 4 instances on
+    GPU 0 or 2 + 2 on both GPUs; two processes, one per GPU with 2 instances each, each driven
+    at concurrency 8; and the one-GPU model with gRPC's default (probed) HTTP/2 windows on both
+    ends instead of trtserve's fixed ones;
 (c) the protocol floor: floor_server.py answering the same 3.2 MB response without doing
-    anything, at the same concurrency: what any Python gRPC server can do with messages this
-    size, so the most (b) could reach whatever the GPUs do.
+    anything, at concurrency 16: what one Python gRPC process can do with messages this size,
+    so the most one server process could reach whatever the GPUs do.
 
 Writes the JSON to --out and a markdown table beside it (.md), and prints the table.
 """
@@ -44,13 +47,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_bench import gpu_name, make_input, server_breakdown
 from server_under_test import ServerUnderTest, launch
 
+from trtserve.protocol.transport import DEFAULT_WINDOW_BYTES
+
 PLAN_NAME = "conv_relu_trt11.0.0.114.plan"
 INPUT = "x:FP32:1,3,224,224"
 OUTPUT = "output0:FP32:1,16,222,222"
 CONCURRENCY = 16
-INSTANCES = 4
-# Layout name -> the GPUs its instances go to (INSTANCES spread evenly over them).
-LAYOUTS = {"1 GPU": (0,), "2 GPUs": (0, 1)}
+# A placement: the GPUs, and how many instances on each.
+Layout = tuple[tuple[int, ...], int]
+BACKEND_LAYOUTS: dict[str, Layout] = {
+    "1 GPU, 4": ((0,), 4),
+    "2 GPUs, 2 + 2": ((0, 1), 2),
+    "2 GPUs, 4 + 4": ((0, 1), 4),
+}
+# Server models by name; `conv_gpu1` lives in a second process.
+MODELS: dict[str, Layout] = {
+    "conv_1gpu": ((0,), 4),
+    "conv_2gpu": ((0, 1), 2),
+    "conv_gpu0": ((0,), 2),
+}
+SECOND_PROCESS_MODELS: dict[str, Layout] = {"conv_gpu1": ((1,), 2)}
 _METRICS = re.compile(r"metrics on [^ ]+:(\d+)")
 
 
@@ -71,18 +87,26 @@ class Row:
     server_loop_ms: float | None = None
     # Share of the window the server's main thread was on a CPU.
     loop_busy: float | None = None
+    # Backend only: mean milliseconds of one `execute` call, and of its parts as the instance
+    # reports them (input: staging + H2D copy; infer: the engine, by CUDA events; output: D2H
+    # copy + copying out of pinned memory).
+    execute_ms: float | None = None
+    input_ms: float | None = None
+    infer_ms: float | None = None
+    output_ms: float | None = None
 
 
 # --- (a) backend instances in this process ---------------------------------------------------
 
 
-def backend_round(plan: Path, gpus: Sequence[int], seconds: float, x: np.ndarray) -> Row:
+def backend_round(
+    plan: Path, gpus: Sequence[int], per_gpu: int, seconds: float, x: np.ndarray
+) -> Row:
     """16 threads share the layout's instances through a queue of idle ones."""
-    from trtserve.server.backends.base import Placement
+    from trtserve.server.backends.base import ExecutionTimings, Placement
     from trtserve.server.backends.tensorrt_backend import TensorRTBackend
     from trtserve.server.specs import DeviceKind, InstanceGroup, ModelSettings
 
-    per_gpu = INSTANCES // len(gpus)
     settings = ModelSettings(
         name="bench",
         platform="tensorrt_plan",
@@ -102,6 +126,7 @@ def backend_round(plan: Path, gpus: Sequence[int], seconds: float, x: np.ndarray
             instance.execute({"x": x}, ["output0"])
         idle.put(instance)
     latencies: list[list[float]] = [[] for _ in range(CONCURRENCY)]
+    timings: list[list[tuple[int, ExecutionTimings]]] = [[] for _ in range(CONCURRENCY)]
     start = threading.Barrier(CONCURRENCY + 1)
     stop_at = [float("inf")]
 
@@ -111,7 +136,9 @@ def backend_round(plan: Path, gpus: Sequence[int], seconds: float, x: np.ndarray
         while (began := time.perf_counter()) < stop_at[0]:
             instance = idle.get()
             try:
-                instance.execute({"x": x}, ["output0"])
+                started = time.perf_counter_ns()
+                result = instance.execute({"x": x}, ["output0"])
+                timings[i].append((time.perf_counter_ns() - started, result.timings))
             finally:
                 idle.put(instance)
             mine.append(time.perf_counter() - began)
@@ -129,6 +156,11 @@ def backend_round(plan: Path, gpus: Sequence[int], seconds: float, x: np.ndarray
         instance.close()
     model.close()
     flat = np.asarray([v for per in latencies for v in per]) * 1e3
+    executions = [t for per in timings for t in per]
+
+    def mean_ms(values: Sequence[int]) -> float:
+        return round(sum(values) / len(values) / 1e6, 3)
+
     return Row(
         "backend",
         "",
@@ -138,61 +170,83 @@ def backend_round(plan: Path, gpus: Sequence[int], seconds: float, x: np.ndarray
         round(len(flat) / elapsed, 1),
         round(float(np.percentile(flat, 50)), 3),
         round(float(np.percentile(flat, 99)), 3),
+        execute_ms=mean_ms([wall for wall, _ in executions]),
+        input_ms=mean_ms([t.compute_input_ns for _, t in executions]),
+        infer_ms=mean_ms([t.compute_infer_ns for _, t in executions]),
+        output_ms=mean_ms([t.compute_output_ns for _, t in executions]),
     )
 
 
 # --- (b) and (c): servers driven by load.py ---------------------------------------------------
 
 
-def model_name(layout: str) -> str:
-    return "conv_" + layout.split()[0] + "gpu"
+@dataclass(frozen=True)
+class Target:
+    """One load.py process: where it sends, what, and how many calls it keeps in flight."""
+
+    server: ServerUnderTest
+    model: str
+    concurrency: int = CONCURRENCY
+    # 0: gRPC's probed HTTP/2 windows (what stock clients use); else fixed, as trtserve's.
+    window_kb: int = DEFAULT_WINDOW_BYTES // 1024
 
 
-def write_repository(root: Path, plan: Path) -> None:
-    for layout, gpus in LAYOUTS.items():
-        folder = root / model_name(layout)
+def write_repository(
+    root: Path, plan: Path, models: dict[str, tuple[tuple[int, ...], int]]
+) -> None:
+    for name, (gpus, per_gpu) in models.items():
+        folder = root / name
         (folder / "1").mkdir(parents=True)
         shutil.copyfile(plan, folder / "1" / "model.plan")
         config = {
-            "name": model_name(layout),
+            "name": name,
             "platform": "tensorrt_plan",
             "max_batch_size": 0,
-            "instance_group": [
-                {"count": INSTANCES // len(gpus), "kind": "KIND_GPU", "gpus": list(gpus)}
-            ],
+            "instance_group": [{"count": per_gpu, "kind": "KIND_GPU", "gpus": list(gpus)}],
         }
         (folder / "config.json").write_text(json.dumps(config))
 
 
-def drive(target: str, model: str, seconds: float, server_pid: int) -> dict[str, Any]:
-    """One load.py window at CONCURRENCY, in its own process."""
-    command = [sys.executable, str(Path(__file__).with_name("load.py")), "--target", target]
-    command += ["--model", model, "--input", INPUT, "--concurrency", str(CONCURRENCY)]
-    command += ["--channels", "4", "--duration", str(seconds), "--warmup", "1"]
-    command += ["--server-pid", str(server_pid)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
-    if done.returncode != 0:
-        raise RuntimeError(f"load.py failed ({done.returncode}): {done.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+def drive(targets: Sequence[Target], seconds: float) -> list[dict[str, Any]]:
+    """One load.py window per target, all at once, each in its own process."""
+    processes = []
+    for t in targets:
+        command = [sys.executable, str(Path(__file__).with_name("load.py"))]
+        command += ["--target", t.server.address, "--model", t.model, "--input", INPUT]
+        command += ["--concurrency", str(t.concurrency), "--channels", "4"]
+        command += ["--duration", str(seconds), "--warmup", "1"]
+        command += ["--server-pid", str(t.server.pid), "--http2-window-kb", str(t.window_kb)]
+        processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=seconds + 120)
+        if process.returncode != 0:
+            raise RuntimeError(f"load.py failed ({process.returncode}): {err.decode()[-2000:]}")
+        results.append(json.loads(out.decode().strip().splitlines()[-1]))
+    return results
 
 
-def load_row(part: str, layout: str, round_: int, result: dict[str, Any]) -> Row:
-    count = int(result["count"])
-    elapsed = float(result["elapsed_s"])
-    cpu, loop = result.get("server_cpu_s"), result.get("server_loop_cpu_s")
+def load_row(part: str, layout: str, round_: int, results: Sequence[dict[str, Any]]) -> Row:
+    """One row for load.py windows run at once: throughputs add up, CPU per request pools."""
+    count = sum(int(r["count"]) for r in results)
+    elapsed = max(float(r["elapsed_s"]) for r in results)
+    cpu = [r["server_cpu_s"] for r in results if r.get("server_cpu_s") is not None]
+    loop = [r["server_loop_cpu_s"] for r in results if r.get("server_loop_cpu_s") is not None]
     return Row(
         part,
         layout,
         round_,
         count,
         round(elapsed, 3),
-        round(float(result["throughput"]), 1),
-        round(float(result["p50_ms"] or 0.0), 3),
-        round(float(result["p99_ms"] or 0.0), 3),
-        round(cpu / count * 1e3, 3) if cpu is not None and count else None,
-        round(loop / count * 1e3, 3) if loop is not None and count else None,
-        round(loop / elapsed, 2) if loop is not None and elapsed else None,
+        round(sum(float(r["throughput"]) for r in results), 1),
+        round(max(float(r["p50_ms"] or 0.0) for r in results), 3),
+        round(max(float(r["p99_ms"] or 0.0) for r in results), 3),
+        round(sum(cpu) / count * 1e3, 3) if cpu and count else None,
+        round(sum(loop) / count * 1e3, 3) if loop and count else None,
+        # Each process has its own loop: the busiest one is the limit.
+        round(max(v / float(r["elapsed_s"]) for v, r in zip(loop, results, strict=False)), 2)
+        if loop
+        else None,
     )
 
 
@@ -212,30 +266,68 @@ def executions_by_device(metrics_port: int) -> dict[str, dict[str, float]]:
     return found
 
 
-def start_trtserve(repository: Path, runtimes_dir: Path) -> tuple[ServerUnderTest, int]:
-    server = launch(
-        [
-            "-m",
-            "trtserve.cli.main",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--grpc-port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--log-level",
-            "WARNING",
-            "--repository",
-            str(repository),
-            "--runtimes-dir",
-            str(runtimes_dir),
-        ],
-        "trtserve",
-        timeout=300,
-    )
+def start_trtserve(
+    repository: Path, runtimes_dir: Path, window_kb: int = DEFAULT_WINDOW_BYTES // 1024
+) -> tuple[ServerUnderTest, int]:
+    """`trtserve serve` on free loopback ports; the server and its metrics port."""
+    args = ["-m", "trtserve.cli.main", "serve", "--host", "127.0.0.1", "--grpc-port", "0"]
+    args += ["--metrics-port", "0", "--log-level", "WARNING", "--repository", str(repository)]
+    args += ["--runtimes-dir", str(runtimes_dir), "--http2-window-kb", str(window_kb)]
+    server = launch(args, "trtserve", timeout=300)
     port = next(int(m.group(1)) for line in server.output if (m := _METRICS.search(line)))
     return server, port
+
+
+@dataclass
+class Servers:
+    """Everything part (b) and (c) start, stopped together."""
+
+    main: ServerUnderTest
+    main_metrics_port: int
+    second: ServerUnderTest
+    probed_windows: ServerUnderTest
+    floor: ServerUnderTest
+
+    def layouts(self) -> dict[str, list[Target]]:
+        """Layout name -> the load.py processes that measure it."""
+        half = CONCURRENCY // 2
+        return {
+            "1 GPU, 4 instances": [Target(self.main, "conv_1gpu")],
+            "2 GPUs, 2 + 2 instances": [Target(self.main, "conv_2gpu")],
+            "2 GPUs, 2 processes": [
+                Target(self.main, "conv_gpu0", half),
+                Target(self.second, "conv_gpu1", half),
+            ],
+            "1 GPU, 4 instances, probed windows": [
+                Target(self.probed_windows, "conv_1gpu", window_kb=0)
+            ],
+        }
+
+    def stop(self) -> int:
+        for server in (self.second, self.probed_windows, self.floor):
+            server.stop()
+        return self.main.stop()
+
+
+def start_servers(root: Path, plan: Path, runtimes_dir: Path) -> Servers:
+    write_repository(root / "main", plan, MODELS)
+    write_repository(root / "second", plan, SECOND_PROCESS_MODELS)
+    write_repository(root / "probed", plan, {"conv_1gpu": MODELS["conv_1gpu"]})
+    started: list[ServerUnderTest] = []
+    try:
+        main, port = start_trtserve(root / "main", runtimes_dir)
+        started.append(main)
+        second, _ = start_trtserve(root / "second", runtimes_dir)
+        started.append(second)
+        probed, _ = start_trtserve(root / "probed", runtimes_dir, window_kb=0)
+        started.append(probed)
+        floor_script = str(Path(__file__).with_name("floor_server.py"))
+        floor = launch([floor_script, "--model", "conv", "--output", OUTPUT], "floor")
+    except BaseException:
+        for server in started:
+            server.stop()
+        raise
+    return Servers(main, port, second, probed, floor)
 
 
 def measure_servers(
@@ -245,33 +337,28 @@ def measure_servers(
 
     rows: list[Row] = []
     info: dict[str, Any] = {"breakdown": {}}
-    repository = Path(tempfile.mkdtemp(prefix="trtserve-multi-gpu-"))
-    write_repository(repository, plan)
-    server, metrics_port = start_trtserve(repository, runtimes_dir)
-    floor = launch(
-        [str(Path(__file__).with_name("floor_server.py")), "--model", "conv", "--output", OUTPUT],
-        "floor",
-    )
+    root = Path(tempfile.mkdtemp(prefix="trtserve-multi-gpu-"))
+    servers = start_servers(root, plan, runtimes_dir)
     try:
-        with InferenceClient(server.address, timeout=300) as client:
+        with InferenceClient(servers.main.address, timeout=300) as client:
             for round_ in range(rounds):
-                for layout in LAYOUTS:
-                    model = model_name(layout)
-                    before = client.model_statistics(model)
-                    result = drive(server.address, model, seconds, server.pid)
-                    after = client.model_statistics(model)
-                    rows.append(load_row("server", layout, round_, result))
-                    if before and after:
+                for layout, targets in servers.layouts().items():
+                    model = targets[0].model
+                    ours = targets[0].server is servers.main
+                    before = client.model_statistics(model) if ours else []
+                    results = drive(targets, seconds)
+                    rows.append(load_row("server", layout, round_, results))
+                    if before:
+                        after = client.model_statistics(model)
                         info["breakdown"][f"{layout}, round {round_}"] = server_breakdown(
                             before[0], after[0]
                         )
-                result = drive(floor.address, "conv", seconds, floor.pid)
-                rows.append(load_row("protocol floor", "no GPU", round_, result))
-        info["executions_by_device"] = executions_by_device(metrics_port)
+                results = drive([Target(servers.floor, "conv")], seconds)
+                rows.append(load_row("protocol floor", "no GPU", round_, results))
+        info["executions_by_device"] = executions_by_device(servers.main_metrics_port)
     finally:
-        info["server_exit"] = server.stop()
-        floor.stop()
-        shutil.rmtree(repository, ignore_errors=True)
+        info["server_exit"] = servers.stop()
+        shutil.rmtree(root, ignore_errors=True)
     return rows, info
 
 
@@ -279,37 +366,42 @@ def measure_servers(
 
 
 def summary(rows: Sequence[Row]) -> dict[str, dict[str, float]]:
-    """Mean per-second of each (part, layout), and 2 GPUs over 1 GPU per part."""
+    """Mean per-second of each (part, layout), and each layout over the part's first one."""
     out: dict[str, dict[str, float]] = {}
     for part in dict.fromkeys(r.part for r in rows):
-        means = {}
+        means: dict[str, float] = {}
         for layout in dict.fromkeys(r.layout for r in rows if r.part == part):
             values = [r.per_s for r in rows if r.part == part and r.layout == layout]
             means[layout] = round(sum(values) / len(values), 1)
-        if "1 GPU" in means and "2 GPUs" in means and means["1 GPU"]:
-            means["2 GPUs / 1 GPU"] = round(means["2 GPUs"] / means["1 GPU"], 2)
-        out[part] = means
+        base_layout, base = next(iter(means.items()))
+        ratios = {f"{k} / {base_layout}": round(v / base, 2) for k, v in means.items() if base}
+        out[part] = {**means, **{k: v for k, v in ratios.items() if not k.startswith(base_layout)}}
     return out
 
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [
-        f"Multi-GPU benchmark, {report['plan']}, concurrency {CONCURRENCY}, {INSTANCES} "
-        f"instances ({report['gpu']} x{report['devices']}, {report['date']})",
+        f"Multi-GPU benchmark, {report['plan']}, concurrency {CONCURRENCY} "
+        f"({report['gpu']} x{report['devices']}, {report['date']})",
         "",
         "| part | layout | round | req/s | p50 ms | p99 ms | server CPU ms/req | loop ms/req "
-        "| loop busy |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| loop busy | execute ms (input, infer, output) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in (Row(**row) for row in report["rows"]):
+        parts = (
+            f"{r.execute_ms:g} ({r.input_ms:g}, {r.infer_ms:g}, {r.output_ms:g})"
+            if r.execute_ms is not None
+            else ""
+        )
         lines.append(
             f"| {r.part} | {r.layout} | {r.round} | {r.per_s:,.1f} | {r.p50_ms:.2f} | "
             f"{r.p99_ms:.2f} | {_opt(r.server_cpu_ms)} | {_opt(r.server_loop_ms)} | "
-            f"{_opt(r.loop_busy)} |"
+            f"{_opt(r.loop_busy)} | {parts} |"
         )
-    lines += ["", "| part | means and ratio |", "| --- | --- |"]
+    lines += ["", "| part | means and ratios |", "| --- | --- |"]
     for part, means in report["summary"].items():
-        lines.append(f"| {part} | {', '.join(f'{k}: {v:g}' for k, v in means.items())} |")
+        lines.append(f"| {part} | {'; '.join(f'{k}: {v:g}' for k, v in means.items())} |")
     server = report.get("server", {})
     lines.append("")
     for model, devices in server.get("executions_by_device", {}).items():
@@ -357,8 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     x = make_input()
     try:
         for round_ in range(args.rounds):
-            for layout, gpus in LAYOUTS.items():
-                row = backend_round(plan, gpus, args.seconds, x)
+            for layout, (gpus, per_gpu) in BACKEND_LAYOUTS.items():
+                row = backend_round(plan, gpus, per_gpu, args.seconds, x)
                 row.layout, row.round = layout, round_
                 rows.append(row)
                 print(f"backend {layout} round {round_}: {row.per_s:,.0f}/s", flush=True)

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 from trtserve.protocol import grpc_service_pb2, trtserve_pb2
+from trtserve.protocol.transport import flow_control_options
 from trtserve.server.api.auth import AccessPolicy, AuthInterceptor
 from trtserve.server.api.inference_servicer import InferenceServicer, ServingState
 from trtserve.server.api.registration import add_service
@@ -197,6 +198,7 @@ async def start_server(
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
+            *flow_control_options(settings.http2_window_kb * 1024),
         ],
     )
     inference_service = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]

@@ -38,6 +38,13 @@ class ServerSettings:
         default=64,
         metadata={"help": "largest gRPC message in MiB, both ways (raise for huge tensors)"},
     )
+    http2_window_kb: int = field(
+        default=4096,
+        metadata={
+            "help": "fixed HTTP/2 receive window per call in KiB; 0 lets gRPC size it by "
+            "probing, which can halve large-tensor throughput (clients need it too)"
+        },
+    )
     max_queue_size: int = field(
         default=1024,
         metadata={"help": "default per-model queue limit; over it: RESOURCE_EXHAUSTED"},
@@ -136,6 +143,10 @@ class ServerSettings:
             raise ValueError(
                 "setting insecure_local_admin: gives admin to every caller, so it cannot be "
                 "combined with auth_tokens_file or tls_client_ca; expected one or the other"
+            )
+        if self.http2_window_kb < 0:
+            raise ValueError(
+                f"setting http2_window_kb: expected 0 or more, received {self.http2_window_kb}"
             )
         for name in ("max_tensor_elements", "max_concurrent_uploads", "max_upload_mb"):
             if getattr(self, name) < 1:

@@ -52,3 +52,11 @@ def test_list_flags_accept_repeats_and_commas() -> None:
     overrides = {"preload_runtimes": ["10.16.1.11,11.0.0.114", "11.4.0.106"]}
     settings = load_settings(environ={}, overrides=overrides)
     assert settings.preload_runtimes == ("10.16.1.11", "11.0.0.114", "11.4.0.106")
+
+
+def test_http2_window_is_fixed_by_default_and_zero_turns_it_off() -> None:
+    assert ServerSettings().http2_window_kb == 4096
+    assert load_settings(environ={"TRTSERVE_HTTP2_WINDOW_KB": "0"}).http2_window_kb == 0
+    expected = "setting http2_window_kb: expected 0 or more, received -1"
+    with pytest.raises(ValueError, match=expected):
+        ServerSettings(http2_window_kb=-1)
