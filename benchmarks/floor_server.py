@@ -29,7 +29,7 @@ from tensor_arg import TensorArg, tensor_argument
 
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.protocol import grpc_service_pb2_grpc as pb_grpc
-from trtserve.protocol.transport import flow_control_options
+from trtserve.protocol.allocator import reuse_freed_memory
 
 # The same message limits as `trtserve serve` by default, so both parse the same way.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -64,8 +64,6 @@ async def serve(host: str, port: int, response: pb.ModelInferResponse) -> None:
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            # What `trtserve serve` sets by default (trtserve.protocol.transport).
-            *flow_control_options(),
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(FloorServicer(response), server)
@@ -93,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="NAME:DATATYPE:SHAPE of an output, e.g. OUTPUT0:FP32:1,16 (repeat per output)",
     )
     args = parser.parse_args(argv)
+    # As `trtserve serve` does by default, so the floor is the same process, minus the server.
+    reuse_freed_memory()
     asyncio.run(serve(args.host, args.port, prebuilt_response(args.model, args.output)))
     return 0
 

@@ -39,7 +39,7 @@ from tensor_arg import TensorArg, tensor_argument
 
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.protocol import grpc_service_pb2_grpc as pb_grpc
-from trtserve.protocol.transport import DEFAULT_WINDOW_BYTES, flow_control_options
+from trtserve.protocol.allocator import reuse_freed_memory
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 REQUEST_TIMEOUT_S = 60.0
@@ -61,8 +61,6 @@ class LoadConfig:
     warmup_s: float = 1.0
     server_pid: int | None = None
     seed: int = 0
-    # HTTP/2 receive window per call; 0 leaves it to gRPC's probing.
-    window_bytes: int = DEFAULT_WINDOW_BYTES
 
 
 @dataclass(frozen=True)
@@ -227,7 +225,7 @@ async def _clock(config: LoadConfig, window: _Window) -> None:
         window.end()
 
 
-def _open_channel(target: str, window_bytes: int) -> grpc.aio.Channel:
+def _open_channel(target: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(
         target,
         options=[
@@ -235,8 +233,6 @@ def _open_channel(target: str, window_bytes: int) -> grpc.aio.Channel:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             # Its own subchannel pool gives every channel its own TCP connection.
             ("grpc.use_local_subchannel_pool", 1),
-            # What trtserve's own client sets by default (trtserve.protocol.transport).
-            *flow_control_options(window_bytes),
         ],
     )
 
@@ -247,7 +243,7 @@ async def run_load(config: LoadConfig) -> LoadResult:
         raise ValueError("concurrency and channels: expected 1 or more")
     if (config.requests is None) == (config.duration_s is None):
         raise ValueError("expected exactly one of a duration and a request count")
-    channels = [_open_channel(config.target, config.window_bytes) for _ in range(config.channels)]
+    channels = [_open_channel(config.target) for _ in range(config.channels)]
     try:
         for channel in channels:
             try:
@@ -289,12 +285,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, help="window length in requests (not seconds)")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds before the window")
     parser.add_argument("--server-pid", type=int, help="read this process's CPU time too")
-    parser.add_argument(
-        "--http2-window-kb",
-        type=int,
-        default=DEFAULT_WINDOW_BYTES // 1024,
-        help="fixed HTTP/2 receive window per call in KiB; 0 lets gRPC probe (default %(default)s)",
-    )
     args = parser.parse_args(argv)
     config = LoadConfig(
         target=args.target,
@@ -306,8 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         requests=args.requests,
         warmup_s=args.warmup,
         server_pid=args.server_pid,
-        window_bytes=args.http2_window_kb * 1024,
     )
+    # As `trtserve bench` does: large messages reuse freed memory (trtserve.protocol.allocator).
+    reuse_freed_memory()
     try:
         result = asyncio.run(run_load(config))
     except ConnectionError as error:

@@ -11,8 +11,8 @@ Rounds alternate between the layouts so that drift on the machine hits all alike
 (b) server: `trtserve serve` driven by load.py (grpc.aio, a prebuilt request) from its own
     process at concurrency 16, with the server's CPU time: one process with 4 instances on
     GPU 0 or 2 + 2 on both GPUs; two processes, one per GPU with 2 instances each, each driven
-    at concurrency 8; and the one-GPU model with gRPC's default (probed) HTTP/2 windows on both
-    ends instead of trtserve's fixed ones;
+    at concurrency 8; and the one-GPU model in a server with glibc's malloc defaults
+    (`--malloc-keep-mb 0`, see trtserve.protocol.allocator);
 (c) the protocol floor: floor_server.py answering the same 3.2 MB response without doing
     anything, at concurrency 16: what one Python gRPC process can do with messages this size,
     so the most one server process could reach whatever the GPUs do.
@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_bench import gpu_name, make_input, server_breakdown
 from server_under_test import ServerUnderTest, launch
 
-from trtserve.protocol.transport import DEFAULT_WINDOW_BYTES
+from trtserve.protocol.allocator import reuse_freed_memory
 
 PLAN_NAME = "conv_relu_trt11.0.0.114.plan"
 INPUT = "x:FP32:1,3,224,224"
@@ -187,8 +187,6 @@ class Target:
     server: ServerUnderTest
     model: str
     concurrency: int = CONCURRENCY
-    # 0: gRPC's probed HTTP/2 windows (what stock clients use); else fixed, as trtserve's.
-    window_kb: int = DEFAULT_WINDOW_BYTES // 1024
 
 
 def write_repository(
@@ -215,7 +213,7 @@ def drive(targets: Sequence[Target], seconds: float) -> list[dict[str, Any]]:
         command += ["--target", t.server.address, "--model", t.model, "--input", INPUT]
         command += ["--concurrency", str(t.concurrency), "--channels", "4"]
         command += ["--duration", str(seconds), "--warmup", "1"]
-        command += ["--server-pid", str(t.server.pid), "--http2-window-kb", str(t.window_kb)]
+        command += ["--server-pid", str(t.server.pid)]
         processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     results = []
     for process in processes:
@@ -267,12 +265,12 @@ def executions_by_device(metrics_port: int) -> dict[str, dict[str, float]]:
 
 
 def start_trtserve(
-    repository: Path, runtimes_dir: Path, window_kb: int = DEFAULT_WINDOW_BYTES // 1024
+    repository: Path, runtimes_dir: Path, extra: Sequence[str] = ()
 ) -> tuple[ServerUnderTest, int]:
     """`trtserve serve` on free loopback ports; the server and its metrics port."""
     args = ["-m", "trtserve.cli.main", "serve", "--host", "127.0.0.1", "--grpc-port", "0"]
     args += ["--metrics-port", "0", "--log-level", "WARNING", "--repository", str(repository)]
-    args += ["--runtimes-dir", str(runtimes_dir), "--http2-window-kb", str(window_kb)]
+    args += ["--runtimes-dir", str(runtimes_dir), *extra]
     server = launch(args, "trtserve", timeout=300)
     port = next(int(m.group(1)) for line in server.output if (m := _METRICS.search(line)))
     return server, port
@@ -285,7 +283,7 @@ class Servers:
     main: ServerUnderTest
     main_metrics_port: int
     second: ServerUnderTest
-    probed_windows: ServerUnderTest
+    malloc_defaults: ServerUnderTest
     floor: ServerUnderTest
 
     def layouts(self) -> dict[str, list[Target]]:
@@ -298,13 +296,13 @@ class Servers:
                 Target(self.main, "conv_gpu0", half),
                 Target(self.second, "conv_gpu1", half),
             ],
-            "1 GPU, 4 instances, probed windows": [
-                Target(self.probed_windows, "conv_1gpu", window_kb=0)
+            "1 GPU, 4 instances, glibc malloc defaults": [
+                Target(self.malloc_defaults, "conv_1gpu")
             ],
         }
 
     def stop(self) -> int:
-        for server in (self.second, self.probed_windows, self.floor):
+        for server in (self.second, self.malloc_defaults, self.floor):
             server.stop()
         return self.main.stop()
 
@@ -312,22 +310,22 @@ class Servers:
 def start_servers(root: Path, plan: Path, runtimes_dir: Path) -> Servers:
     write_repository(root / "main", plan, MODELS)
     write_repository(root / "second", plan, SECOND_PROCESS_MODELS)
-    write_repository(root / "probed", plan, {"conv_1gpu": MODELS["conv_1gpu"]})
+    write_repository(root / "defaults", plan, {"conv_1gpu": MODELS["conv_1gpu"]})
     started: list[ServerUnderTest] = []
     try:
         main, port = start_trtserve(root / "main", runtimes_dir)
         started.append(main)
         second, _ = start_trtserve(root / "second", runtimes_dir)
         started.append(second)
-        probed, _ = start_trtserve(root / "probed", runtimes_dir, window_kb=0)
-        started.append(probed)
+        defaults, _ = start_trtserve(root / "defaults", runtimes_dir, ["--malloc-keep-mb", "0"])
+        started.append(defaults)
         floor_script = str(Path(__file__).with_name("floor_server.py"))
         floor = launch([floor_script, "--model", "conv", "--output", OUTPUT], "floor")
     except BaseException:
         for server in started:
             server.stop()
         raise
-    return Servers(main, port, second, probed, floor)
+    return Servers(main, port, second, defaults, floor)
 
 
 def measure_servers(
@@ -437,6 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if devices < 2:
         parser.error(f"this benchmark needs 2 CUDA devices; {devices} visible")
     os.environ["TRTSERVE_RUNTIMES_DIR"] = str(args.runtimes_dir.resolve())
+    # The backend part runs here: with the allocator settings `trtserve serve` makes.
+    reuse_freed_memory()
     plan = (args.plans / PLAN_NAME).resolve()
     report: dict[str, Any] = {
         "plan": PLAN_NAME,

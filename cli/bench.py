@@ -8,6 +8,7 @@ import sys
 from trtserve.cli.infer import add_address_argument, parse_input_files
 from trtserve.client import InferenceClient, InferenceServerError, run_load
 from trtserve.client.request import random_inputs
+from trtserve.protocol.allocator import reuse_freed_memory
 
 DEFAULT_REQUESTS = 1000
 
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     requests = args.requests
     if requests is None and args.duration is None:
         requests = DEFAULT_REQUESTS
+    reuse_freed_memory()  # a load generator moves large messages: see trtserve.protocol.allocator
     try:
         given = parse_input_files(args.input)
         if args.batch < 1:

@@ -44,7 +44,6 @@ from trtserve.client.types import (
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from trtserve.protocol import trtserve_pb2_grpc as tpb_grpc
-from trtserve.protocol.transport import DEFAULT_WINDOW_BYTES
 
 _T = TypeVar("_T")
 
@@ -62,14 +61,13 @@ class AsyncInferenceClient:
         *,
         timeout: float | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        window_bytes: int = DEFAULT_WINDOW_BYTES,
         retry: RetryPolicy = DEFAULT_RETRY,
         token: str | None = None,
     ) -> None:
         self.addresses = addresses_of(address)
         self.address = ",".join(self.addresses)
         self.timeout = timeout
-        options = channel_options(max_message_bytes, window_bytes) + endpoint_options(retry)
+        options = channel_options(max_message_bytes) + endpoint_options(retry)
         token = token if token is not None else os.environ.get(TOKEN_ENV)
         interceptors: Any = [AsyncBearerToken(token)] if token else None
         self._channels = [

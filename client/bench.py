@@ -27,6 +27,7 @@ from trtserve.client.aio import AsyncInferenceClient
 from trtserve.client.errors import InferenceServerError
 from trtserve.client.types import InferInput
 from trtserve.protocol import grpc_service_pb2 as pb
+from trtserve.protocol.allocator import reuse_freed_memory
 
 PERCENTILES = (50, 90, 99)
 
@@ -251,6 +252,7 @@ def _process_main(
     results: Any,
 ) -> None:
     """One load process: warm up, wait for the others, run, send back the samples."""
+    reuse_freed_memory()  # this process only moves messages: see trtserve.protocol.allocator
 
     def count() -> None:
         with counter.get_lock():

@@ -33,7 +33,6 @@ from trtserve.client.types import (
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from trtserve.protocol import trtserve_pb2_grpc as tpb_grpc
-from trtserve.protocol.transport import DEFAULT_WINDOW_BYTES, flow_control_options
 
 DEFAULT_ADDRESS = "127.0.0.1:8001"
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
@@ -41,14 +40,11 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 _T = TypeVar("_T")
 
 
-def channel_options(
-    max_message_bytes: int, window_bytes: int = DEFAULT_WINDOW_BYTES
-) -> list[tuple[str, Any]]:
+def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     """Channel options shared by the sync and asyncio clients."""
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
-        *flow_control_options(window_bytes),
     ]
 
 
@@ -59,8 +55,6 @@ class InferenceClient:
     may be a list of replicas: calls go to them in turn, and calls safe to repeat move on to
     the next one when a replica answers UNAVAILABLE (see `trtserve.client.endpoints`).
     `token` (default: $TRTSERVE_TOKEN) is sent as a bearer token with every call.
-    `window_bytes` fixes the HTTP/2 receive window per call (see trtserve.protocol.transport);
-    0 leaves it to gRPC.
     """
 
     def __init__(
@@ -69,14 +63,13 @@ class InferenceClient:
         *,
         timeout: float | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        window_bytes: int = DEFAULT_WINDOW_BYTES,
         retry: RetryPolicy = DEFAULT_RETRY,
         token: str | None = None,
     ) -> None:
         self.addresses = addresses_of(address)
         self.address = ",".join(self.addresses)
         self.timeout = timeout
-        options = channel_options(max_message_bytes, window_bytes) + endpoint_options(retry)
+        options = channel_options(max_message_bytes) + endpoint_options(retry)
         channels = [grpc.insecure_channel(a, options=options) for a in self.addresses]
         token = token if token is not None else os.environ.get(TOKEN_ENV)
         if token:

@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 from trtserve.protocol import grpc_service_pb2, trtserve_pb2
-from trtserve.protocol.transport import flow_control_options
+from trtserve.protocol.allocator import reuse_freed_memory
 from trtserve.server.api.auth import AccessPolicy, AuthInterceptor
 from trtserve.server.api.inference_servicer import InferenceServicer, ServingState
 from trtserve.server.api.registration import add_service
@@ -198,7 +198,6 @@ async def start_server(
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
-            *flow_control_options(settings.http2_window_kb * 1024),
         ],
     )
     inference_service = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
@@ -253,6 +252,9 @@ def _start_metrics(settings: ServerSettings, registry: CollectorRegistry) -> int
 
 async def serve(settings: ServerSettings) -> int:
     """Run until SIGTERM or SIGINT, then drain; the exit status."""
+    # A setting of the whole process, so it is made here and not in start_server.
+    if reuse_freed_memory(settings.malloc_keep_mb << 20):
+        log.info("allocator keeps up to %d MiB of freed memory for reuse", settings.malloc_keep_mb)
     running = await start_server(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -54,9 +54,9 @@ def test_list_flags_accept_repeats_and_commas() -> None:
     assert settings.preload_runtimes == ("10.16.1.11", "11.0.0.114", "11.4.0.106")
 
 
-def test_http2_window_is_fixed_by_default_and_zero_turns_it_off() -> None:
-    assert ServerSettings().http2_window_kb == 4096
-    assert load_settings(environ={"TRTSERVE_HTTP2_WINDOW_KB": "0"}).http2_window_kb == 0
-    expected = "setting http2_window_kb: expected 0 or more, received -1"
-    with pytest.raises(ValueError, match=expected):
-        ServerSettings(http2_window_kb=-1)
+def test_malloc_keep_is_bounded() -> None:
+    assert ServerSettings().malloc_keep_mb == 64
+    assert load_settings(environ={"TRTSERVE_MALLOC_KEEP_MB": "0"}).malloc_keep_mb == 0
+    for bad in (-1, 2048):
+        with pytest.raises(ValueError, match=f"malloc_keep_mb: expected 0 to 2047, received {bad}"):
+            ServerSettings(malloc_keep_mb=bad)
