@@ -428,6 +428,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="JSON results (.md beside it)")
     parser.add_argument("--seconds", type=float, default=5.0, help="per window (5)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per layout (2)")
+    parser.add_argument(
+        "--part", choices=("all", "backend", "server"), default="all", help="what to run (all)"
+    )
+    parser.add_argument(
+        "--backend-layout",
+        action="append",
+        choices=list(BACKEND_LAYOUTS),
+        help="only these backend layouts (repeat; default all), e.g. under a profiler",
+    )
     args = parser.parse_args(argv)
     from trtserve.server.runtime.cuda_device import cuda_device_count
 
@@ -447,9 +456,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     rows: list[Row] = []
     x = make_input()
+    layouts = {k: v for k, v in BACKEND_LAYOUTS.items() if k in (args.backend_layout or [k])}
     try:
-        for round_ in range(args.rounds):
-            for layout, (gpus, per_gpu) in BACKEND_LAYOUTS.items():
+        for round_ in range(args.rounds if args.part != "server" else 0):
+            for layout, (gpus, per_gpu) in layouts.items():
                 row = backend_round(plan, gpus, per_gpu, args.seconds, x)
                 row.layout, row.round = layout, round_
                 rows.append(row)
@@ -457,10 +467,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # still run the server part and write what was measured
         report["backend_error"] = f"{type(e).__name__}: {e}"
     try:
-        server_rows, report["server"] = measure_servers(
-            plan, args.runtimes_dir.resolve(), args.seconds, args.rounds
-        )
-        rows += server_rows
+        if args.part != "backend":
+            server_rows, report["server"] = measure_servers(
+                plan, args.runtimes_dir.resolve(), args.seconds, args.rounds
+            )
+            rows += server_rows
     except Exception as e:  # keep the backend rows; say why the server part is missing
         report["server_error"] = f"{type(e).__name__}: {e}"
     report["rows"] = [asdict(r) for r in rows]

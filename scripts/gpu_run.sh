@@ -4,6 +4,7 @@
 #   bash scripts/gpu_run.sh unpack   # unpack the staged lean wheel(s) into /tmp/lean/<VERSION>/
 #   bash scripts/gpu_run.sh full     # unpack, install, GPU tests, benchmark; results in $OUT
 #   bash scripts/gpu_run.sh multi    # the same on a two-GPU host, with the multi-GPU benchmark
+#   bash scripts/gpu_run.sh prepare  # unpack and install only; then PYTHONPATH=/tmp/site python3 ...
 #
 # The machine has no package index: what is not installed there travels as wheels in .whl/
 # (scripts/build_gpu_wheels.sh builds them) and .gpu/ (../shared/gpu/stage.sh stages them). Each
@@ -92,6 +93,9 @@ case $mode in
 unpack)
   unpack
   ;;
+prepare)
+  unpack && install
+  ;;
 full | multi)
   started=$SECONDS
   unpack
@@ -127,7 +131,7 @@ full | multi)
   ((tests_rc == 0 && bench_rc == 0))
   ;;
 *)
-  echo "usage: bash scripts/gpu_run.sh unpack|full|multi" >&2
+  echo "usage: bash scripts/gpu_run.sh unpack|prepare|full|multi" >&2
   exit 2
   ;;
 esac
