@@ -29,7 +29,7 @@ from tensor_arg import TensorArg, tensor_argument
 
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.protocol import grpc_service_pb2_grpc as pb_grpc
-from trtserve.protocol.allocator import reuse_freed_memory
+from trtserve.protocol.allocator import DEFAULT_KEEP_BYTES, reuse_freed_memory
 
 # The same message limits as `trtserve serve` by default, so both parse the same way.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -90,9 +90,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=tensor_argument,
         help="NAME:DATATYPE:SHAPE of an output, e.g. OUTPUT0:FP32:1,16 (repeat per output)",
     )
+    parser.add_argument(
+        "--malloc-keep-mb",
+        type=int,
+        default=DEFAULT_KEEP_BYTES >> 20,
+        help="as `trtserve serve --malloc-keep-mb`; 0 keeps glibc's defaults (default %(default)s)",
+    )
     args = parser.parse_args(argv)
     # As `trtserve serve` does by default, so the floor is the same process, minus the server.
-    reuse_freed_memory()
+    reuse_freed_memory(args.malloc_keep_mb << 20)
     asyncio.run(serve(args.host, args.port, prebuilt_response(args.model, args.output)))
     return 0
 
