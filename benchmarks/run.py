@@ -549,14 +549,14 @@ def tiny_notes(rows: list[TinyRows]) -> list[str]:
         f"{top.ours.busy(lambda r: r.server_loop_cpu_s):.0%} of the window, while the model's "
         f"instances were busy "
         f"{top.ours.median_counts(lambda c: c.instances_busy(SIMPLE_INSTANCES)):.0%}. grpc.aio "
-        "handles every call on that thread, and the servicer decodes, queues, batches, records "
-        "metrics and encodes there too; the instance threads need the same GIL for the Python "
-        "around `session.run`. That serial, GIL-holding work per request bounds the "
-        "throughput, not the model.",
-        f"- **Mean batch {batch:.2f} at c={top.concurrency}**: requests wait for the event "
-        "loop before the servicer sees them and reach the batcher a few at a time, so batching "
-        "cannot amortize the per-request work; most of the client's latency "
-        f"(p50 {top.ours.median(lambda r: r.p50_ms):.1f} ms) is spent before the queue "
+        "handles every call on that thread, and the servicer decodes, queues and encodes "
+        "there; waiting for a batch, packing, executing and splitting happen on the instance "
+        "threads, which need the same GIL for their Python. That serial, GIL-holding work per "
+        "request bounds the throughput, not the model.",
+        f"- **Mean batch {batch:.2f} at c={top.concurrency}**: the per-batch work (waking an "
+        "instance thread, packing, running, handing the outputs back to the loop) is shared by "
+        "that many requests; the client's latency "
+        f"(p50 {top.ours.median(lambda r: r.p50_ms):.1f} ms) is mostly spent outside the queue "
         f"({top.ours.median_counts(lambda c: c.queue_us):.0f} µs in it).",
     ]
     queue_us = first.ours.median_counts(lambda c: c.queue_us)
@@ -564,8 +564,8 @@ def tiny_notes(rows: list[TinyRows]) -> list[str]:
         lines.append(
             f"- **c={first.concurrency}** is latency-bound: one request in flight. Each one "
             f"waited {queue_us:.0f} µs in the queue although max_queue_delay is "
-            f"{SIMPLE_QUEUE_DELAY_US} µs: the batcher waits with an asyncio timer, and asyncio's "
-            "epoll selector rounds timeouts up to whole milliseconds."
+            f"{SIMPLE_QUEUE_DELAY_US} µs and a lone request does not wait for company: the "
+            "instance thread took that long to wake and get the interpreter lock."
         )
     return lines
 

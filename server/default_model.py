@@ -31,7 +31,7 @@ output [
   { name: "OUTPUT0", data_type: TYPE_FP32, dims: [ 16 ] },
   { name: "OUTPUT1", data_type: TYPE_FP32, dims: [ 16 ] }
 ]
-dynamic_batching { max_queue_delay_microseconds: 100 }
+dynamic_batching { max_queue_delay_microseconds: 500 }
 instance_group [ { count: 2, kind: KIND_CPU } ]
 """
 

@@ -84,7 +84,7 @@ def test_default_repository_serves_simple(tmp_path: Path) -> None:
     ]
     s = repo.read_settings("simple")
     assert (s.platform, s.max_batch_size) == ("onnxruntime_onnx", 8)
-    assert s.batching.enabled and s.batching.max_queue_delay_us == 100
+    assert s.batching.enabled and s.batching.max_queue_delay_us == 500
     assert s.instance_groups == (InstanceGroup(2, DeviceKind.CPU),)
     loaded = OnnxRuntimeBackend().load(repo.model_path("simple", 1, s), s)
     done = complete_settings(s, loaded.io)

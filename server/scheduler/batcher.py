@@ -1,21 +1,26 @@
-"""Dynamic batching: one queue per model version, one worker per model instance.
+"""Dynamic batching: one queue per model version, one thread per model instance.
 
-Requests wait in a bounded FIFO queue. An idle worker takes the oldest request and, when the
-model batches, packs compatible requests behind it (same input dtypes and non-batch shapes) up
-to `max_batch_size`, waiting at most `max_queue_delay` for the batch to reach its preferred size.
-Each instance executes on its own thread, so the event loop never blocks on inference and a
-GPU instance always issues its CUDA calls from the same thread.
+Requests wait in a bounded FIFO queue. Each instance's thread takes the oldest request and,
+when the model batches, packs compatible requests behind it (same input dtypes and non-batch
+shapes) up to `max_batch_size`, waiting at most `max_queue_delay` for the batch to reach its
+preferred size. The thread executes the batch, splits the outputs and hands them back to the
+event loop in one call.
+
+Why threads do the batching and not the event loop: the loop also runs every gRPC call, and
+for small models it is the bottleneck. Queueing a request costs it one lock and one future;
+waiting for a batch, packing, executing, splitting and recording metrics happen on the
+instance's thread, which also times sub-millisecond queue delays exactly (the loop's selector
+sleeps in whole milliseconds). A GPU instance always issues its CUDA calls from its thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,16 +58,28 @@ class SchedulerConfig:
             return min(max(self.batching.preferred_batch_sizes), self.max_batch_size)
         return self.max_batch_size
 
+    @property
+    def packs(self) -> bool:
+        """Whether queued requests are packed into batches (Triton: dynamic batching)."""
+        return self.max_batch_size > 0 and self.batching.enabled
+
 
 @dataclass
 class _Pending:
     request: InferenceRequest
     future: asyncio.Future[InferenceResponse]
     enqueued_ns: int = field(default_factory=time.perf_counter_ns)
+    # Arrived at an idle model after a quiet spell longer than the queue delay.
+    alone: bool = False
+
+
+# What an instance thread sends back to the loop: a request's future and its outcome.
+_Outcome = InferenceResponse | ServerError
+_Settlement = tuple[asyncio.Future[InferenceResponse], _Outcome]
 
 
 class ModelScheduler:
-    """Queues requests of one model version and runs them on its instances."""
+    """Queues requests of one model version and runs them on its instances' threads."""
 
     def __init__(
         self,
@@ -84,133 +101,139 @@ class ModelScheduler:
         self._metrics = metrics
         self._executions = [metrics.instance_executions(str(p.index), p.device) for p in placements]
         self._queue: deque[_Pending] = deque()
-        self._waiters: list[asyncio.Future[None]] = []
+        # The queued requests' batch sizes, summed.
+        self._queued_rows = 0
+        self._last_arrival_ns = 0
+        # Guards the queue, `_in_flight` and `_closing` between the loop and the threads.
+        self._changed = threading.Condition()
         self._closing = False
         self._in_flight = 0
-        self._executors = [
-            ThreadPoolExecutor(1, thread_name_prefix=f"{config.model}-{i}")
-            for i in range(len(self._instances))
-        ]
-        self._workers: list[asyncio.Task[None]] = []
+        self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        """Start one worker per instance on the running event loop."""
-        self._workers = [
-            asyncio.create_task(self._work(i), name=f"{self.config.model}-worker-{i}")
+        """Start one thread per instance; outcomes go back to the running event loop."""
+        self._loop = asyncio.get_running_loop()
+        self._threads = [
+            threading.Thread(
+                target=self._work, args=(i,), name=f"{self.config.model}-{i}", daemon=True
+            )
             for i in range(len(self._instances))
         ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def pending(self) -> int:
         """Requests queued or executing."""
-        return len(self._queue) + self._in_flight
+        with self._changed:
+            return len(self._queue) + self._in_flight
 
     async def submit(self, request: InferenceRequest) -> InferenceResponse:
         """Queue a request and wait for its outputs."""
         if self._closing:
             raise Unavailable(f"model '{self.config.model}' is unloading")
-        if len(self._queue) >= self.config.max_queue_size:
-            raise ResourceExhausted(
-                f"model '{self.config.model}': queue is full "
-                f"(max_queue_size {self.config.max_queue_size}); retry later"
-            )
         future: asyncio.Future[InferenceResponse] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(request, future))
+        with self._changed:
+            if len(self._queue) >= self.config.max_queue_size:
+                raise ResourceExhausted(
+                    f"model '{self.config.model}': queue is full "
+                    f"(max_queue_size {self.config.max_queue_size}); retry later"
+                )
+            head = not self._queue
+            pending = _Pending(request, future)
+            pending.alone = head and self._in_flight == 0 and self._quiet_since(pending.enqueued_ns)
+            self._last_arrival_ns = pending.enqueued_ns
+            self._queue.append(pending)
+            self._queued_rows += request.batch_size
+            # Wake a thread only when that changes what it would do: a new head starts a
+            # batch; a full enough queue ends one's wait. A thread that finishes a batch looks
+            # at the queue anyway, and one gathering a batch wakes when its delay is spent.
+            if head or not self.config.packs or self._queued_rows >= self.config.target_batch_size:
+                self._changed.notify()
         self._metrics.pending.inc()
-        self._notify()
         try:
             return await future
         finally:
             self._metrics.pending.dec()
 
     async def close(self, drain: bool = True) -> None:
-        """Stop taking requests; finish the queued ones (or fail them) and stop the workers."""
+        """Stop taking requests; finish the queued ones (or fail them) and stop the threads."""
         self._closing = True
-        if not drain:
-            while self._queue:
-                self._fail(
-                    self._queue.popleft(),
-                    Unavailable(f"model '{self.config.model}' was unloaded before the request ran"),
-                )
-        self._notify()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        for executor in self._executors:
-            executor.shutdown(wait=True)
+        with self._changed:
+            dropped = [] if drain else list(self._queue)
+            if not drain:
+                self._queue.clear()
+                self._queued_rows = 0
+            self._changed.notify_all()
+        unloaded = Unavailable(f"model '{self.config.model}' was unloaded before the request ran")
+        _settle([(p.future, unloaded) for p in dropped])
+        await asyncio.to_thread(self._join)
 
-    async def _work(self, index: int) -> None:
+    def _join(self) -> None:
+        for thread in self._threads:
+            thread.join()
+
+    # --- on the instance threads -------------------------------------------------------------
+
+    def _work(self, index: int) -> None:
         while True:
-            batch = await self._next_batch()
+            batch = self._next_batch()
             if batch is None:
                 return
-            self._in_flight += len(batch)
             try:
-                await self._execute(index, batch)
+                self._execute(index, batch)
             finally:
-                self._in_flight -= len(batch)
+                with self._changed:
+                    self._in_flight -= len(batch)
 
-    async def _wait_for_change(self, timeout: float | None = None) -> None:
-        # The queue was checked with no await since, so no enqueue can slip in before the
-        # waiter is registered. A bare future is cheaper than wait_for, which makes a task.
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        timer = None
-        if timeout is not None:
-            timer = asyncio.get_running_loop().call_later(timeout, _wake, waiter)
-        try:
-            await waiter
-        finally:
-            if timer is not None:
-                timer.cancel()
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(waiter)
+    def _next_batch(self) -> list[_Pending] | None:
+        """The next batch to run (its requests counted in flight), or None once closed."""
+        with self._changed:
+            while True:
+                self._drop_dead()
+                if self._queue and (not self.config.packs or self._batch_is_due()):
+                    batch = self._take_batch()
+                    self._in_flight += len(batch)
+                    if self._queue:
+                        self._changed.notify()  # what is left needs another thread
+                    return batch
+                if not self._queue and self._closing:
+                    return None
+                self._changed.wait(self._seconds_to_wait())
 
-    def _notify(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            _wake(waiter)
-
-    async def _next_batch(self) -> list[_Pending] | None:
-        while True:
-            self._drop_dead()
-            if self._queue:
-                break
-            if self._closing:
-                return None
-            await self._wait_for_change()
-        if self.config.max_batch_size > 0 and self.config.batching.enabled:
-            await self._gather_window()
-        return self._take_batch()
-
-    async def _gather_window(self) -> None:
-        """Wait until the batch can reach its target size or the oldest request's delay ends."""
+    def _quiet_since(self, now_ns: int) -> bool:
+        """Whether no request arrived within the queue delay before `now_ns`."""
         delay_ns = self.config.batching.max_queue_delay_us * 1000
-        yielded = False
-        while self._queue and not self._closing:
-            if self._queued_batch_size() >= self.config.target_batch_size:
-                return
-            remaining_ns = self._queue[0].enqueued_ns + delay_ns - time.perf_counter_ns()
-            if remaining_ns <= 0:
-                return
-            if remaining_ns < 1_000_000:
-                # The selector sleeps in whole milliseconds, and spinning until the deadline
-                # costs the event loop more than it saves. One pass of the loop takes in the
-                # requests that arrived together; then the batch goes.
-                if yielded:
-                    return
-                yielded = True
-                await asyncio.sleep(0)
-            else:
-                await self._wait_for_change(remaining_ns / 1e9)
-            self._drop_dead()
+        return now_ns - self._last_arrival_ns > delay_ns
 
-    def _queued_batch_size(self) -> int:
-        return sum(p.request.batch_size for p in self._queue)
+    def _batch_is_due(self) -> bool:
+        """Whether the queue's head should go now: full enough, delay spent, or closing.
+
+        A request that arrived alone (nothing executing, nothing arrived for longer than the
+        delay) goes at once too: waiting for company that is not coming would only add the
+        whole delay to a lone client's latency.
+        """
+        if self._closing or self._queued_rows >= self.config.target_batch_size:
+            return True
+        if self._queue[0].alone and len(self._queue) == 1:
+            return True
+        return self._seconds_to_wait() == 0.0
+
+    def _seconds_to_wait(self) -> float | None:
+        """How long the head of the queue may still wait for company; None: no head."""
+        if not self._queue:
+            return None
+        delay_ns = self.config.batching.max_queue_delay_us * 1000
+        remaining_ns = self._queue[0].enqueued_ns + delay_ns - time.perf_counter_ns()
+        return max(0.0, remaining_ns / 1e9)
 
     def _take_batch(self) -> list[_Pending]:
         first = self._queue.popleft()
+        self._queued_rows -= first.request.batch_size
         batch = [first]
         # Without dynamic batching requests run one by one (as in Triton), whatever their size.
-        if self.config.max_batch_size <= 0 or not self.config.batching.enabled:
+        if not self.config.packs:
             return batch
         total = first.request.batch_size
         signature = first.request.signature
@@ -221,6 +244,7 @@ class ModelScheduler:
             if fits and candidate.request.signature == signature:
                 batch.append(candidate)
                 total += candidate.request.batch_size
+                self._queued_rows -= candidate.request.batch_size
             else:
                 kept.append(candidate)
         # Requests that did not fit keep their place at the head of the queue.
@@ -229,50 +253,47 @@ class ModelScheduler:
 
     def _drop_dead(self) -> None:
         """Remove cancelled requests and fail those whose deadline passed while queued."""
+        if not self._queue:
+            return
         now = time.monotonic()
         alive: deque[_Pending] = deque()
+        expired: list[_Settlement] = []
         for p in self._queue:
             if p.future.done():
                 continue
             if p.request.deadline is not None and p.request.deadline <= now:
-                self._fail(
-                    p,
-                    DeadlineExceeded(
-                        f"model '{self.config.model}': request deadline passed after "
-                        f"{(time.perf_counter_ns() - p.enqueued_ns) / 1e6:.1f} ms in the queue"
-                    ),
+                waited_ms = (time.perf_counter_ns() - p.enqueued_ns) / 1e6
+                error = DeadlineExceeded(
+                    f"model '{self.config.model}': request deadline passed after "
+                    f"{waited_ms:.1f} ms in the queue"
                 )
+                expired.append((p.future, error))
                 continue
             alive.append(p)
-        self._queue = alive
+        if len(alive) != len(self._queue):
+            self._queue = alive
+            self._queued_rows = sum(p.request.batch_size for p in alive)
+        if expired:
+            self._hand_back(expired)
 
-    def _fail(self, pending: _Pending, error: ServerError) -> None:
-        if not pending.future.done():
-            pending.future.set_exception(error)
-
-    async def _execute(self, index: int, batch: list[_Pending]) -> None:
+    def _execute(self, index: int, batch: list[_Pending]) -> None:
         started_ns = time.perf_counter_ns()
-        inputs = _pack([p.request for p in batch])
-        output_names = _union_outputs([p.request for p in batch])
-        loop = asyncio.get_running_loop()
+        requests = [p.request for p in batch]
         try:
-            result = await loop.run_in_executor(
-                self._executors[index], self._instances[index].execute, inputs, output_names
-            )
+            result = self._instances[index].execute(_pack(requests), _union_outputs(requests))
         except ServerError as error:
-            for p in batch:
-                self._fail(p, error)
+            self._hand_back([(p.future, error) for p in batch])
             return
-        except Exception as error:  # a backend bug must fail the batch, not the worker
+        except Exception as error:  # a backend bug must fail the batch, not the thread
             log.exception("model %s: execution failed", self.config.model)
-            for p in batch:
-                self._fail(p, Internal(f"model '{self.config.model}': execution failed: {error}"))
+            failure = Internal(f"model '{self.config.model}': execution failed: {error}")
+            self._hand_back([(p.future, failure) for p in batch])
             return
-        self._record(index, batch, result)
-        self._deliver(batch, result, started_ns)
-
-    def _record(self, index: int, batch: list[_Pending], result: ExecutionResult) -> None:
         self._executions[index].inc()
+        self._record(batch, result)
+        self._hand_back(self._split(batch, result, started_ns))
+
+    def _record(self, batch: list[_Pending], result: ExecutionResult) -> None:
         t = result.timings
         self._metrics.record_execution(
             sum(p.request.batch_size for p in batch),
@@ -282,27 +303,47 @@ class ModelScheduler:
             t.compute_output_ns,
         )
 
-    def _deliver(self, batch: list[_Pending], result: ExecutionResult, started_ns: int) -> None:
+    def _split(
+        self, batch: list[_Pending], result: ExecutionResult, started_ns: int
+    ) -> list[_Settlement]:
+        """Each request's own rows of the batch's outputs."""
+        outcomes: list[_Settlement] = []
         offset = 0
-        batched = self.config.max_batch_size > 0
+        sliced = self.config.max_batch_size > 0 and len(batch) > 1
         for p in batch:
             size = p.request.batch_size
             outputs = {
                 name: (
-                    result.outputs[name][offset : offset + size]
-                    if batched and len(batch) > 1
-                    else result.outputs[name]
+                    result.outputs[name][offset : offset + size] if sliced else result.outputs[name]
                 )
                 for name in p.request.output_names
             }
             offset += size
-            if not p.future.done():
-                p.future.set_result(InferenceResponse(outputs, started_ns - p.enqueued_ns))
+            outcomes.append((p.future, InferenceResponse(outputs, started_ns - p.enqueued_ns)))
+        return outcomes
+
+    def _hand_back(self, outcomes: list[_Settlement]) -> None:
+        """Settle the futures on the event loop: one call for the whole batch."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(_settle, outcomes)
+        except RuntimeError:  # the loop is closed: nobody waits for these any more
+            log.debug(
+                "model %s: loop closed, %d outcome(s) dropped", self.config.model, len(outcomes)
+            )
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+def _settle(outcomes: Sequence[_Settlement]) -> None:
+    """On the event loop: set each future that is still waiting (cancelled ones are done)."""
+    for future, outcome in outcomes:
+        if future.done():
+            continue
+        if isinstance(outcome, ServerError):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
 
 def _pack(requests: list[InferenceRequest]) -> dict[str, np.ndarray]:

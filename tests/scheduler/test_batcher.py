@@ -360,3 +360,18 @@ def test_placements_must_match_the_instances() -> None:
     metrics = ServerMetrics(CollectorRegistry()).version("m", "1")
     with pytest.raises(ValueError, match=r"expected one per instance \(1\), received 0"):
         ModelScheduler(config, [GatedDoubler()], [], metrics)
+
+
+def test_a_lone_request_does_not_wait_for_company() -> None:
+    instance = GatedDoubler()
+    instance.gate.set()
+
+    async def scenario() -> None:
+        # A delay far longer than the test may take: only the idle fast path can answer.
+        scheduler = make_scheduler(instance, delay_us=30_000_000)
+        scheduler.start()
+        await asyncio.wait_for(scheduler.submit(request(1, 1.0)), timeout=10)
+        await scheduler.close()
+
+    run(scenario)
+    assert instance.batch_sizes == [1]
