@@ -46,6 +46,12 @@ _TABLE = [
 BY_NAME: dict[str, Datatype] = {d.name: d for d in _TABLE}
 BY_CONFIG_NAME: dict[str, Datatype] = {d.config_name: d for d in _TABLE}
 NAMES: tuple[str, ...] = tuple(d.name for d in _TABLE)
+# numpy dtype -> datatype for the numeric types, first in table order (BF16 travels as uint16
+# but a uint16 array is UINT16); the hot path of encoding every response.
+_BY_DTYPE: dict[np.dtype, Datatype] = {}
+for _d in _TABLE:
+    if _d.name not in ("BF16", "BYTES"):
+        _BY_DTYPE.setdefault(_d.dtype, _d)
 
 
 def from_name(name: str) -> Datatype:
@@ -58,6 +64,9 @@ def from_name(name: str) -> Datatype:
 
 def from_numpy(dtype: np.dtype) -> Datatype:
     """The v2 datatype of a numpy dtype (object and bytes/str arrays are BYTES)."""
+    found = _BY_DTYPE.get(dtype)
+    if found is not None:
+        return found
     dtype = np.dtype(dtype)
     if dtype.kind in ("O", "S", "U"):
         return BY_NAME["BYTES"]

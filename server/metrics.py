@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -184,8 +185,26 @@ class VersionMetrics:
         self._infer_latency = metrics.compute_infer_latency.labels(model, version)
         self._output_latency = metrics.compute_output_latency.labels(model, version)
         self._batch_size = metrics.batch_size.labels(model, version)
-        self.pending = metrics.pending.labels(model, version)
+        # Read at scrape time from the schedulers serving this version (two while one drains
+        # during a reload), so the hot path updates no gauge.
+        self._pending_sources: list[Callable[[], int]] = []
+        metrics.pending.labels(model, version).set_function(self._pending_total)
         self.stats = stats
+
+    def add_pending_source(self, source: Callable[[], int]) -> None:
+        """Count `source()` (requests queued or executing) in trtserve_pending_requests."""
+        with self._lock:
+            self._pending_sources.append(source)
+
+    def remove_pending_source(self, source: Callable[[], int]) -> None:
+        with self._lock:
+            if source in self._pending_sources:
+                self._pending_sources.remove(source)
+
+    def _pending_total(self) -> float:
+        with self._lock:
+            sources = list(self._pending_sources)
+        return float(sum(source() for source in sources))
 
     def instance_executions(self, instance: str, device: str) -> Counter:
         """The execution counter of one instance ("0", "1", ...) on one device ("gpu:1")."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -15,6 +17,16 @@ from trtserve.server.scheduler.request import InferenceRequest, InferenceRespons
 from trtserve.server.specs import TensorSpec
 
 
+@dataclass(frozen=True)
+class _Input:
+    """One input tensor's header, read from the message once (each read builds objects)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    typed: bool
+
+
 def decode_request(
     request: pb.ModelInferRequest,
     model: ServingModel,
@@ -25,16 +37,21 @@ def decode_request(
 
     Each tensor's element count is checked against `max_tensor_elements` before decoding.
     """
-    _check_raw_layout(request)
-    _check_input_names(request, model)
+    raw = list(request.raw_input_contents)
+    headers = [
+        _Input(t.name, t.datatype, list(t.shape), bool(raw) and t.HasField("contents"))
+        for t in request.inputs
+    ]
+    _check_raw_layout(headers, raw)
+    _check_input_names(headers, model)
     arrays: dict[str, np.ndarray] = {}
-    for index, tensor in enumerate(request.inputs):
-        spec = model.inputs[tensor.name]
-        _check_datatype(model.name, tensor.name, spec, tensor.datatype)
-        shape = _check_shape(model, spec, list(tensor.shape))
-        check_tensor_elements(model.name, tensor.name, shape, max_tensor_elements)
-        arrays[tensor.name] = _decode_tensor(request, index, tensor, shape)
-    batch_size = _batch_size(model, request)
+    for index, header in enumerate(headers):
+        spec = model.inputs[header.name]
+        _check_datatype(model.name, header.name, spec, header.datatype)
+        _check_shape(model, spec, header.shape)
+        check_tensor_elements(model.name, header.name, header.shape, max_tensor_elements)
+        arrays[header.name] = _decode_tensor(request, index, header, raw)
+    batch_size = _batch_size(model, headers)
     return InferenceRequest(arrays, _output_names(request, model), batch_size, deadline)
 
 
@@ -55,16 +72,43 @@ def encode_response_bytes(
 
     Protobuf would copy a large output three times (into bytes, into the message, into the
     serialized form); appending the raw_output_contents fields by hand is one copy. A parser
-    accepts repeated fields in any position, so the result is a valid ModelInferResponse.
+    accepts fields in any order, so the result is a valid ModelInferResponse. The rest of the
+    message is the same for requests with outputs alike, so it is serialized once and cached.
     """
-    reply, views = _response_parts(request, model, response)
-    parts: list[bytes | memoryview] = [reply.SerializeToString()]
-    for view in views:
+    described = [
+        (name, _datatype(model, name, array), array) for name, array in response.outputs.items()
+    ]
+    signature = tuple((name, datatype.name, array.shape) for name, datatype, array in described)
+    parts: list[bytes | memoryview] = [_response_header(model.name, model.version, signature)]
+    if request.id:
+        identifier = request.id.encode()
+        parts += [_ID_TAG, _varint(len(identifier)), identifier]
+    for _name, datatype, array in described:
+        view = tensors.raw_view(array, datatype)
         parts += [_RAW_OUTPUT_TAG, _varint(view.nbytes), view]
     return b"".join(parts)
 
 
-# Field 6 (raw_output_contents), wire type 2 (length-delimited).
+@functools.lru_cache(maxsize=1024)
+def _response_header(
+    model: str, version: int, outputs: tuple[tuple[str, str, tuple[int, ...]], ...]
+) -> bytes:
+    """A serialized ModelInferResponse without its id and raw output contents."""
+    reply = pb.ModelInferResponse(model_name=model, model_version=str(version))
+    for name, datatype, shape in outputs:
+        reply.outputs.add(name=name, datatype=datatype, shape=shape)
+    return reply.SerializeToString()
+
+
+def _datatype(model: ServingModel, name: str, array: np.ndarray) -> datatypes.Datatype:
+    spec = model.outputs.get(name)
+    if spec is not None and spec.datatype == "BF16":
+        return datatypes.from_name("BF16")
+    return datatypes.from_numpy(array.dtype)
+
+
+# Fields 3 (id) and 6 (raw_output_contents), wire type 2 (length-delimited).
+_ID_TAG = bytes([(3 << 3) | 2])
 _RAW_OUTPUT_TAG = bytes([(6 << 3) | 2])
 
 
@@ -85,45 +129,39 @@ def _response_parts(
     )
     views = []
     for name, array in response.outputs.items():
-        spec = model.outputs.get(name)
-        if spec is not None and spec.datatype == "BF16":
-            datatype = datatypes.from_name("BF16")
-        else:
-            datatype = datatypes.from_numpy(array.dtype)
+        datatype = _datatype(model, name, array)
         reply.outputs.add(name=name, datatype=datatype.name, shape=array.shape)
         views.append(tensors.raw_view(array, datatype))
     return reply, views
 
 
-def _check_raw_layout(request: pb.ModelInferRequest) -> None:
-    raw = len(request.raw_input_contents)
-    if raw and raw != len(request.inputs):
+def _check_raw_layout(headers: Sequence[_Input], raw: Sequence[bytes]) -> None:
+    if raw and len(raw) != len(headers):
         raise InvalidArgument(
-            f"raw_input_contents: expected one entry per input ({len(request.inputs)}), "
-            f"received {raw}"
+            f"raw_input_contents: expected one entry per input ({len(headers)}), "
+            f"received {len(raw)}"
         )
-    if raw:
-        typed = [t.name for t in request.inputs if t.HasField("contents")]
-        if typed:
-            raise InvalidArgument(
-                f"input '{typed[0]}': has typed contents although the request uses "
-                "raw_input_contents; send every input one way"
-            )
+    typed = [h.name for h in headers if h.typed]
+    if typed:
+        raise InvalidArgument(
+            f"input '{typed[0]}': has typed contents although the request uses "
+            "raw_input_contents; send every input one way"
+        )
 
 
-def _check_input_names(request: pb.ModelInferRequest, model: ServingModel) -> None:
+def _check_input_names(headers: Sequence[_Input], model: ServingModel) -> None:
     seen: set[str] = set()
-    for tensor in request.inputs:
-        if tensor.name in seen:
-            raise InvalidArgument(f"input '{tensor.name}': sent more than once")
-        seen.add(tensor.name)
-        if tensor.name not in model.inputs:
+    for header in headers:
+        if header.name in seen:
+            raise InvalidArgument(f"input '{header.name}': sent more than once")
+        seen.add(header.name)
+        if header.name not in model.inputs:
             raise InvalidArgument(
-                f"unexpected input '{tensor.name}' for model '{model.name}'; "
+                f"unexpected input '{header.name}' for model '{model.name}'; "
                 f"expected inputs: {sorted(model.inputs)}"
             )
-    missing = sorted(set(model.inputs) - seen)
-    if missing:
+    if len(seen) != len(model.inputs):
+        missing = sorted(set(model.inputs) - seen)
         raise InvalidArgument(
             f"model '{model.name}': missing input '{missing[0]}'; "
             f"expected inputs: {sorted(model.inputs)}, received: {sorted(seen)}"
@@ -138,14 +176,14 @@ def _check_datatype(model: str, name: str, spec: TensorSpec, received: str) -> N
         )
 
 
-def _check_shape(model: ServingModel, spec: TensorSpec, shape: list[int]) -> list[int]:
+def _check_shape(model: ServingModel, spec: TensorSpec, shape: list[int]) -> None:
     batched = model.settings.max_batch_size > 0
-    expected = ([-1] if batched else []) + list(spec.shape)
+    expected = _expected_shape(spec.shape, batched)
     if len(shape) != len(expected) or any(
         d < 0 or (e >= 0 and d != e) for d, e in zip(shape, expected, strict=True)
     ):
         raise InvalidArgument(
-            f"input '{spec.name}' of model '{model.name}': expected shape {expected} "
+            f"input '{spec.name}' of model '{model.name}': expected shape {list(expected)} "
             f"(-1 = any size), received {shape}"
         )
     if batched and not 1 <= shape[0] <= model.settings.max_batch_size:
@@ -153,39 +191,43 @@ def _check_shape(model: ServingModel, spec: TensorSpec, shape: list[int]) -> lis
             f"input '{spec.name}' of model '{model.name}': batch size must be 1 to "
             f"max_batch_size {model.settings.max_batch_size}, received {shape[0]}"
         )
-    return shape
+
+
+@functools.cache
+def _expected_shape(shape: tuple[int, ...], batched: bool) -> tuple[int, ...]:
+    """A request's shape for a tensor of `shape` (-1: any size), with the batch dimension."""
+    return ((-1,) if batched else ()) + tuple(shape)
 
 
 def _decode_tensor(
-    request: pb.ModelInferRequest,
-    index: int,
-    tensor: pb.ModelInferRequest.InferInputTensor,
-    shape: Sequence[int],
+    request: pb.ModelInferRequest, index: int, header: _Input, raw: Sequence[bytes]
 ) -> np.ndarray:
+    shape = header.shape
     try:
-        if request.raw_input_contents:
-            raw = request.raw_input_contents[index]
-            if tensor.datatype == "BYTES" and tensors.element_count(shape) > len(raw) // 4:
+        if raw:
+            data = raw[index]
+            if header.datatype == "BYTES" and tensors.element_count(shape) > len(data) // 4:
                 raise tensors.TensorDataError(
-                    f"input '{tensor.name}': BYTES shape {list(shape)} needs at least "
-                    f"{4 * tensors.element_count(shape)} bytes, received {len(raw)}"
+                    f"input '{header.name}': BYTES shape {shape} needs at least "
+                    f"{4 * tensors.element_count(shape)} bytes, received {len(data)}"
                 )
-            return tensors.from_raw(tensor.name, tensor.datatype, shape, raw)
-        return tensors.from_contents(tensor.name, tensor.datatype, shape, tensor.contents)
+            return tensors.from_raw(header.name, header.datatype, shape, data)
+        contents = request.inputs[index].contents
+        return tensors.from_contents(header.name, header.datatype, shape, contents)
     except tensors.TensorDataError as error:
         raise InvalidArgument(str(error)) from None
 
 
-def _batch_size(model: ServingModel, request: pb.ModelInferRequest) -> int:
-    if model.settings.max_batch_size <= 0:
+def _batch_size(model: ServingModel, headers: Sequence[_Input]) -> int:
+    if model.settings.max_batch_size <= 0 or not headers:
         return 1
-    sizes = {t.name: int(t.shape[0]) for t in request.inputs}
+    sizes = {h.name: h.shape[0] for h in headers}
     if len(set(sizes.values())) > 1:
         raise InvalidArgument(
             f"model '{model.name}': every input must have the same batch size (dimension 0), "
             f"received {sizes}"
         )
-    return next(iter(sizes.values()))
+    return headers[0].shape[0]
 
 
 def _output_names(request: pb.ModelInferRequest, model: ServingModel) -> tuple[str, ...]:

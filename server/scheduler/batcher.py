@@ -114,6 +114,7 @@ class ModelScheduler:
     def start(self) -> None:
         """Start one thread per instance; outcomes go back to the running event loop."""
         self._loop = asyncio.get_running_loop()
+        self._metrics.add_pending_source(self._pending_count)
         self._threads = [
             threading.Thread(
                 target=self._work, args=(i,), name=f"{self.config.model}-{i}", daemon=True
@@ -126,6 +127,9 @@ class ModelScheduler:
     @property
     def pending(self) -> int:
         """Requests queued or executing."""
+        return self._pending_count()
+
+    def _pending_count(self) -> int:
         with self._changed:
             return len(self._queue) + self._in_flight
 
@@ -151,11 +155,7 @@ class ModelScheduler:
             # at the queue anyway, and one gathering a batch wakes when its delay is spent.
             if head or not self.config.packs or self._queued_rows >= self.config.target_batch_size:
                 self._changed.notify()
-        self._metrics.pending.inc()
-        try:
-            return await future
-        finally:
-            self._metrics.pending.dec()
+        return await future
 
     async def close(self, drain: bool = True) -> None:
         """Stop taking requests; finish the queued ones (or fail them) and stop the threads."""
@@ -169,6 +169,7 @@ class ModelScheduler:
         unloaded = Unavailable(f"model '{self.config.model}' was unloaded before the request ran")
         _settle([(p.future, unloaded) for p in dropped])
         await asyncio.to_thread(self._join)
+        self._metrics.remove_pending_source(self._pending_count)
 
     def _join(self) -> None:
         for thread in self._threads:
