@@ -412,6 +412,23 @@ def server_breakdown(before: Any, after: Any) -> dict[str, float]:
     }
 
 
+def write_report(out: Path, report: dict[str, Any], table: str) -> None:
+    """The JSON to `out`, the markdown table beside it (.md), and the table on stdout."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    out.with_suffix(".md").write_text(table)
+    print(table)
+
+
+def breakdown_line(label: str, b: dict[str, float]) -> str:
+    """One markdown bullet of a `server_breakdown`."""
+    return (
+        f"- server side per request {label}: total {b['success_ms']} ms, queue "
+        f"{b['queue_ms']} ms, input {b['compute_input_ms']} ms, infer "
+        f"{b['compute_infer_ms']} ms, output {b['compute_output_ms']} ms"
+    )
+
+
 def scrape(port: int) -> str:
     import urllib.request
 
@@ -520,12 +537,7 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for concurrency, b in server.get("breakdown", {}).items():
         if b:
-            lines.append(
-                f"- server side per request at concurrency {concurrency}: total "
-                f"{b['success_ms']} ms, queue {b['queue_ms']} ms, input "
-                f"{b['compute_input_ms']} ms, infer "
-                f"{b['compute_infer_ms']} ms, output {b['compute_output_ms']} ms"
-            )
+            lines.append(breakdown_line(f"at concurrency {concurrency}", b))
     for key in ("direct_error", "server_error"):
         if key in report:
             lines.append(f"- {key}: {report[key]}")
@@ -615,11 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     report["measures"] = [asdict(m) for m in measures]
     report["ratios"] = ratios(measures)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    table = markdown(report)
-    args.out.with_suffix(".md").write_text(table)
-    print(table)
+    write_report(args.out, report, markdown(report))
     failed = [f"{key}: {report[key]}" for key in ("direct_error", "server_error") if key in report]
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)

@@ -44,7 +44,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_bench import gpu_name, make_input, server_breakdown
+from gpu_bench import (
+    breakdown_line,
+    gpu_name,
+    make_input,
+    server_breakdown,
+    write_report,
+)
 from server_under_test import ServerUnderTest, launch
 
 from trtserve.protocol.allocator import reuse_freed_memory
@@ -406,11 +412,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"- executions of `{model}` by device: {devices}")
     for name, b in server.get("breakdown", {}).items():
         if b:
-            lines.append(
-                f"- server side per request ({name}): total {b['success_ms']} ms, queue "
-                f"{b['queue_ms']} ms, input {b['compute_input_ms']} ms, infer "
-                f"{b['compute_infer_ms']} ms, output {b['compute_output_ms']} ms"
-            )
+            lines.append(breakdown_line(f"({name})", b))
     for key in ("backend_error", "server_error"):
         if key in report:
             lines.append(f"- {key}: {report[key]}")
@@ -476,11 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["server_error"] = f"{type(e).__name__}: {e}"
     report["rows"] = [asdict(r) for r in rows]
     report["summary"] = summary(rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    table = markdown(report)
-    args.out.with_suffix(".md").write_text(table)
-    print(table)
+    write_report(args.out, report, markdown(report))
     return 1 if "backend_error" in report or "server_error" in report else 0
 
 
