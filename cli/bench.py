@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trtserve.cli.infer import add_address_argument, parse_input_files
-from trtserve.client import InferenceClient, InferenceServerError, run_load
+from trtserve.cli.connection import add_connection_arguments, connect, tls_of
+from trtserve.cli.infer import parse_input_files
+from trtserve.client import InferenceServerError, run_load
 from trtserve.client.request import random_inputs
 from trtserve.protocol.allocator import reuse_freed_memory
 
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", metavar="MODEL", help="model name")
-    add_address_argument(p)
+    add_connection_arguments(p)
     p.add_argument("--concurrency", type=int, default=8, metavar="C", help="requests in flight (8)")
     p.add_argument(
         "--processes",
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         given = parse_input_files(args.input)
         if args.batch < 1:
             raise ValueError(f"--batch must be at least 1, received {args.batch}")
-        with InferenceClient(args.address, timeout=args.timeout) as client:
+        with connect(args, timeout=args.timeout) as client:
             metadata = client.model_metadata(args.model, args.version)
             max_batch_size = int(
                 client.model_config(args.model, args.version).get("max_batch_size", 0)
@@ -92,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
             version=args.version,
             timeout=args.timeout,
             processes=args.processes,
+            tls=tls_of(args),
         )
     except InferenceServerError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from typing import Any
 
 import numpy as np
 
-from trtserve.client import InferenceClient, InferenceServerError, InferResult
+from trtserve.cli.connection import add_connection_arguments, connect
+from trtserve.client import InferenceServerError, InferResult
 from trtserve.client.request import random_inputs
-
-DEFAULT_ADDRESS = os.environ.get("TRTSERVE_ADDRESS", "127.0.0.1:8001")
 
 _DESCRIPTION = """\
 Send one inference request to a running server and print each output's name, datatype,
@@ -39,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", metavar="MODEL", help="model name")
-    add_address_argument(p)
+    add_connection_arguments(p)
     p.add_argument(
         "--input",
         action="append",
@@ -61,16 +59,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="deadline in seconds")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=run)
-
-
-def add_address_argument(p: argparse.ArgumentParser) -> None:
-    """The server address option every client command takes."""
-    p.add_argument(
-        "--address",
-        default=DEFAULT_ADDRESS,
-        metavar="HOST:PORT",
-        help="server gRPC address (default $TRTSERVE_ADDRESS or 127.0.0.1:8001)",
-    )
 
 
 def parse_input_files(specs: list[str]) -> dict[str, np.ndarray]:
@@ -124,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --batch must be at least 1, received {args.batch}", file=sys.stderr)
         return 2
     try:
-        with InferenceClient(args.address, timeout=args.timeout) as client:
+        with connect(args, timeout=args.timeout) as client:
             metadata = client.model_metadata(args.model, args.version)
             unknown = sorted(set(given) - {t.name for t in metadata.inputs})
             if unknown:

@@ -7,6 +7,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from trtserve.cli.connection import ConnectionSettingsError
+
 # Each module adds one subcommand. Server-side ones import the server lazily, so a client-only
 # install (no onnxruntime, TensorRT or prometheus-client) still runs the client commands.
 _COMMANDS = ("serve", "infer", "models", "upload", "bench", "inspect", "runtimes")
@@ -27,7 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the arguments and run the chosen subcommand; the exit status."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except ConnectionSettingsError as e:
+        # Raised by every client command alike, so answered here once, as a usage error.
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

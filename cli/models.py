@@ -8,8 +8,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from trtserve.cli.infer import add_address_argument
-from trtserve.client import InferenceClient, InferenceServerError
+from trtserve.cli.connection import add_connection_arguments, connect
+from trtserve.client import InferenceServerError
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sub = p.add_subparsers(dest="models_command", required=True, metavar="{list,load,unload}")
 
     ls = sub.add_parser("list", help="list models with their version and state")
-    add_address_argument(ls)
+    add_connection_arguments(ls)
     ls.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     ls.set_defaults(func=run_list)
 
@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     load.add_argument("name", metavar="NAME", help="model name")
-    add_address_argument(load)
+    add_connection_arguments(load)
     load.add_argument("--config", metavar="FILE.json", help="model configuration (JSON)")
     load.add_argument(
         "--file",
@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     unload = sub.add_parser("unload", help="unload a model")
     unload.add_argument("name", metavar="NAME", help="model name")
-    add_address_argument(unload)
+    add_connection_arguments(unload)
     unload.set_defaults(func=run_unload)
 
 
@@ -61,7 +61,7 @@ def _fail(message: str, code: int) -> int:
 def run_list(args: argparse.Namespace) -> int:
     """Print the repository index; 1 on a server error."""
     try:
-        with InferenceClient(args.address) as client:
+        with connect(args) as client:
             entries = client.repository_index()
     except InferenceServerError as e:
         return _fail(str(e), 1)
@@ -106,7 +106,7 @@ def run_load(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         return _fail(str(e), 2)
     try:
-        with InferenceClient(args.address) as client:
+        with connect(args) as client:
             client.load_model(args.name, config=config, files=files or None)
     except InferenceServerError as e:
         return _fail(str(e), 1)
@@ -117,7 +117,7 @@ def run_load(args: argparse.Namespace) -> int:
 def run_unload(args: argparse.Namespace) -> int:
     """Unload a model; 1 on a server error."""
     try:
-        with InferenceClient(args.address) as client:
+        with connect(args) as client:
             client.unload_model(args.name)
     except InferenceServerError as e:
         return _fail(str(e), 1)

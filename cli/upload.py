@@ -8,9 +8,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from trtserve.cli.infer import add_address_argument
+from trtserve.cli.connection import add_connection_arguments, connect
 from trtserve.cli.models import read_json_file
-from trtserve.client import InferenceClient, InferenceServerError
+from trtserve.client import InferenceServerError
 
 _DESCRIPTION = """\
 Stream a model file to a running server in chunks, with its sha256; the server checks the
@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--chunk-mib", type=float, default=1.0, metavar="M", help="chunk size in MiB (1)"
     )
-    add_address_argument(p)
+    add_connection_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     chunk_bytes = max(1, int(args.chunk_mib * (1 << 20)))
     try:
         with (
-            InferenceClient(args.address) as client,
+            connect(args) as client,
             tqdm(
                 total=total,
                 unit="B",

@@ -14,6 +14,7 @@ from trtserve.client.aio import AsyncInferenceClient
 from trtserve.client.bench import BenchResult, run_load, run_load_async
 from trtserve.client.errors import InferenceServerError
 from trtserve.client.sync import InferenceClient
+from trtserve.client.tls import TlsConfig
 from trtserve.client.types import (
     BatchStatistics,
     Duration,
@@ -43,6 +44,7 @@ __all__ = [
     "ModelStatistics",
     "ServerMetadata",
     "TensorMetadata",
+    "TlsConfig",
     "UploadResult",
     "run_load",
     "run_load_async",

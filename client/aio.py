@@ -31,6 +31,7 @@ from trtserve.client.endpoints import (
 )
 from trtserve.client.errors import InferenceServerError
 from trtserve.client.sync import DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES, channel_options
+from trtserve.client.tls import TlsConfig
 from trtserve.client.types import (
     InferInput,
     InferRequest,
@@ -63,6 +64,7 @@ class AsyncInferenceClient:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         retry: RetryPolicy = DEFAULT_RETRY,
         token: str | None = None,
+        tls: TlsConfig | None = None,
     ) -> None:
         self.addresses = addresses_of(address)
         self.address = ",".join(self.addresses)
@@ -70,10 +72,17 @@ class AsyncInferenceClient:
         options = channel_options(max_message_bytes) + endpoint_options(retry)
         token = token if token is not None else os.environ.get(TOKEN_ENV)
         interceptors: Any = [AsyncBearerToken(token)] if token else None
-        self._channels = [
-            grpc.aio.insecure_channel(a, options=options, interceptors=interceptors)
-            for a in self.addresses
-        ]
+        if tls is None:
+            self._channels = [
+                grpc.aio.insecure_channel(a, options=options, interceptors=interceptors)
+                for a in self.addresses
+            ]
+        else:
+            credentials, secure = tls.credentials(), options + tls.options()
+            self._channels = [
+                grpc.aio.secure_channel(a, credentials, secure, interceptors=interceptors)
+                for a in self.addresses
+            ]
         ring = EndpointRing(len(self._channels), retry.cooldown_s)
         # The generated stubs are untyped; each call's result type is stated where it is used.
         self._stub = AsyncRoutedStub(

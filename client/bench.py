@@ -25,6 +25,7 @@ from tqdm import tqdm
 from trtserve.client import request as rq
 from trtserve.client.aio import AsyncInferenceClient
 from trtserve.client.errors import InferenceServerError
+from trtserve.client.tls import TlsConfig
 from trtserve.client.types import InferInput
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.protocol.allocator import reuse_freed_memory
@@ -136,11 +137,12 @@ async def _drive(
     timeout: float | None,
     on_done: Callable[[], None],
     before_start: Callable[[], None] = lambda: None,
+    tls: TlsConfig | None = None,
 ) -> _Samples:
     """Warm up with one untimed request, then run `concurrency` looping tasks."""
     samples = _Samples()
     started = 0
-    async with AsyncInferenceClient(address, timeout=timeout) as client:
+    async with AsyncInferenceClient(address, timeout=timeout, tls=tls) as client:
         await client.send_infer_request(message)
         before_start()
         deadline = None if duration_s is None else time.perf_counter_ns() + int(duration_s * 1e9)
@@ -177,6 +179,7 @@ async def run_load_async(
     *,
     version: str = "",
     timeout: float | None = None,
+    tls: TlsConfig | None = None,
 ) -> BenchResult:
     """Run the load in this event loop until `requests` were sent or `duration_s` passed.
 
@@ -186,7 +189,14 @@ async def run_load_async(
     message = rq.build_infer_request(model, inputs, version=version)
     with tqdm(total=requests, disable=not progress, unit="req", dynamic_ncols=True) as bar:
         samples = await _drive(
-            address, message, concurrency, requests, duration_s, timeout, lambda: bar.update(1)
+            address,
+            message,
+            concurrency,
+            requests,
+            duration_s,
+            timeout,
+            lambda: bar.update(1),
+            tls=tls,
         )
     elapsed_s = (samples.end_ns - samples.start_ns) / 1e9
     return summarize(model, concurrency, samples.latencies_ns, samples.errors, elapsed_s)
@@ -204,6 +214,7 @@ def run_load(
     version: str = "",
     timeout: float | None = None,
     processes: int = 1,
+    tls: TlsConfig | None = None,
 ) -> BenchResult:
     """Blocking load run; `processes > 1` splits concurrency and requests over processes."""
     _check_limits(concurrency, requests, duration_s, processes)
@@ -219,6 +230,7 @@ def run_load(
                 progress,
                 version=version,
                 timeout=timeout,
+                tls=tls,
             )
         )
     message = rq.build_infer_request(model, inputs, version=version)
@@ -227,7 +239,7 @@ def run_load(
         None if requests is None else _share(requests, processes, i) for i in range(processes)
     ]
     all_samples = _run_processes(
-        address, message, parts, request_parts, duration_s, timeout, progress, requests
+        address, message, parts, request_parts, duration_s, timeout, progress, requests, tls
     )
     latencies = [t for s in all_samples for t in s.latencies_ns]
     errors: Counter[str] = sum((s.errors for s in all_samples), Counter())
@@ -247,6 +259,7 @@ def _process_main(
     requests: int | None,
     duration_s: float | None,
     timeout: float | None,
+    tls: TlsConfig | None,
     barrier: Any,
     counter: Any,
     results: Any,
@@ -270,6 +283,7 @@ def _process_main(
                 timeout,
                 count,
                 lambda: barrier.wait(),
+                tls,
             )
         )
         results.put(samples)
@@ -288,6 +302,7 @@ def _run_processes(
     timeout: float | None,
     progress: bool,
     total_requests: int | None,
+    tls: TlsConfig | None,
 ) -> list[_Samples]:
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(len(concurrency_parts))
@@ -297,7 +312,7 @@ def _run_processes(
     procs = [
         ctx.Process(
             target=_process_main,
-            args=(address, message.SerializeToString(), c, r, duration_s, timeout, *shared),
+            args=(address, message.SerializeToString(), c, r, duration_s, timeout, tls, *shared),
             daemon=True,
         )
         for c, r in zip(concurrency_parts, request_parts, strict=True)

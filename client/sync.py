@@ -20,6 +20,7 @@ from trtserve.client.endpoints import (
     endpoint_options,
 )
 from trtserve.client.errors import InferenceServerError
+from trtserve.client.tls import TlsConfig
 from trtserve.client.types import (
     InferInput,
     InferRequest,
@@ -54,7 +55,8 @@ class InferenceClient:
     `timeout` (seconds) is the default deadline of every call; None waits forever. `address`
     may be a list of replicas: calls go to them in turn, and calls safe to repeat move on to
     the next one when a replica answers UNAVAILABLE (see `trtserve.client.endpoints`).
-    `token` (default: $TRTSERVE_TOKEN) is sent as a bearer token with every call.
+    `token` (default: $TRTSERVE_TOKEN) is sent as a bearer token with every call. `tls`
+    connects over TLS (see TlsConfig); without it the connection is plaintext.
     """
 
     def __init__(
@@ -65,12 +67,17 @@ class InferenceClient:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         retry: RetryPolicy = DEFAULT_RETRY,
         token: str | None = None,
+        tls: TlsConfig | None = None,
     ) -> None:
         self.addresses = addresses_of(address)
         self.address = ",".join(self.addresses)
         self.timeout = timeout
         options = channel_options(max_message_bytes) + endpoint_options(retry)
-        channels = [grpc.insecure_channel(a, options=options) for a in self.addresses]
+        if tls is None:
+            channels = [grpc.insecure_channel(a, options=options) for a in self.addresses]
+        else:
+            credentials, secure = tls.credentials(), options + tls.options()
+            channels = [grpc.secure_channel(a, credentials, secure) for a in self.addresses]
         token = token if token is not None else os.environ.get(TOKEN_ENV)
         if token:
             channels = [grpc.intercept_channel(c, BearerToken(token)) for c in channels]

@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server_process import ServerProcess, start_server
 from tiny_models import add_config, add_constant_model, add_request, output_of, write_model
 
+from trtserve.client import InferenceClient, InferenceServerError, InferInput, TlsConfig
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.protocol import grpc_service_pb2_grpc as pb_grpc
 
@@ -291,6 +292,77 @@ def test_token_raises_a_certificate_role(mtls_server: ServerProcess, pki: Pki) -
     with tls_channel(mtls_server.address, pki, pki.reader) as channel:
         metadata = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
         assert status_of(load_call(channel, 4, metadata)) == (grpc.StatusCode.OK, "")
+
+
+# --- trtserve's own client and commands -----------------------------------------------------
+
+
+def our_tls(pki: Pki, client: Identity | None = None) -> TlsConfig:
+    return TlsConfig(
+        ca=pki.ca.cert,
+        cert=client.cert if client else None,
+        key=client.key if client else None,
+        server_name="localhost",
+    )
+
+
+def test_our_client_infers_over_tls(tls_server: ServerProcess, pki: Pki) -> None:
+    x = np.arange(3 * 4, dtype=np.float32).reshape(3, 4)
+    with InferenceClient(tls_server.address, timeout=TIMEOUT_S, tls=our_tls(pki)) as client:
+        result = client.infer("add", [InferInput("X", x)])
+    np.testing.assert_array_equal(result.as_numpy("Y"), x + 1.0)
+
+
+def test_our_client_presents_its_certificate_for_mutual_tls(
+    mtls_server: ServerProcess, pki: Pki
+) -> None:
+    files = {"5/model.onnx": add_constant_model(1.0)}
+    tls = our_tls(pki, pki.operator)
+    with InferenceClient(mtls_server.address, timeout=TIMEOUT_S, tls=tls) as client:
+        client.load_model("add", config=add_config("add"), files=files)
+        assert client.model_ready("add")
+    reader = InferenceClient(mtls_server.address, timeout=TIMEOUT_S, tls=our_tls(pki, pki.reader))
+    with reader, pytest.raises(InferenceServerError) as raised:
+        reader.load_model("add", config=add_config("add"), files=files)
+    assert raised.value.code == grpc.StatusCode.PERMISSION_DENIED
+    anonymous = InferenceClient(mtls_server.address, timeout=5, tls=our_tls(pki))
+    with anonymous, pytest.raises(InferenceServerError) as raised:
+        anonymous.server_live()
+    assert raised.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def trtserve(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trtserve.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_commands_infer_and_bench_over_tls(tls_server: ServerProcess, pki: Pki) -> None:
+    tls = ["--tls-ca", str(pki.ca.cert_file), "--tls-server-name", "localhost"]
+    address = ["--address", tls_server.address]
+    done = trtserve("infer", "add", *address, *tls, "--json")
+    assert done.returncode == 0, done.stderr
+    # Two load processes: the TLS settings travel to each.
+    done = trtserve("bench", "add", *address, *tls, "--requests", "40", "--processes", "2")
+    assert done.returncode == 0, done.stderr
+    done = trtserve("bench", "add", *address, *tls, "--requests", "40", "--json", "--no-progress")
+    assert done.returncode == 0 and '"count": 40' in done.stdout, done.stdout + done.stderr
+    plaintext = trtserve("infer", "add", *address, "--timeout", "5")
+    assert plaintext.returncode == 1, plaintext.stdout + plaintext.stderr
+
+
+def test_unreadable_tls_file_is_a_usage_error(tmp_path: Path) -> None:
+    done = trtserve("models", "list", "--tls-ca", str(tmp_path / "missing.pem"))
+    assert done.returncode == 2
+    assert f"tls CA file {tmp_path / 'missing.pem'}" in done.stderr
+
+
+def test_certificate_without_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="a client cert needs its key too"):
+        TlsConfig(cert=b"pem")
 
 
 # --- configuration errors -------------------------------------------------------------------
