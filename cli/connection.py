@@ -21,30 +21,24 @@ def add_connection_arguments(p: argparse.ArgumentParser) -> None:
     tls = p.add_argument_group(
         "TLS", "connect over TLS when any of these is given (a server started with --tls-cert)"
     )
-    tls.add_argument(
-        "--tls-ca",
-        default=os.environ.get("TRTSERVE_TLS_CA"),
-        metavar="FILE",
-        help="PEM certificates to trust (default $TRTSERVE_TLS_CA; else the system's roots)",
-    )
-    tls.add_argument(
-        "--tls-cert",
-        default=os.environ.get("TRTSERVE_TLS_CERT"),
-        metavar="FILE",
-        help="this client's PEM certificate, for mutual TLS (default $TRTSERVE_TLS_CERT)",
-    )
-    tls.add_argument(
-        "--tls-key",
-        default=os.environ.get("TRTSERVE_TLS_KEY"),
-        metavar="FILE",
-        help="its PEM private key (default $TRTSERVE_TLS_KEY)",
-    )
-    tls.add_argument(
+    for flag, metavar, env, text in _TLS_OPTIONS:
+        tls.add_argument(
+            flag, default=os.environ.get(env), metavar=metavar, help=f"{text} (default ${env})"
+        )
+
+
+# flag, metavar, environment variable, what it is
+_TLS_OPTIONS = (
+    ("--tls-ca", "FILE", "TRTSERVE_TLS_CA", "PEM certificates to trust, else the system's roots"),
+    ("--tls-cert", "FILE", "TRTSERVE_TLS_CERT", "this client's PEM certificate, for mutual TLS"),
+    ("--tls-key", "FILE", "TRTSERVE_TLS_KEY", "its PEM private key"),
+    (
         "--tls-server-name",
-        default=os.environ.get("TRTSERVE_TLS_SERVER_NAME"),
-        metavar="NAME",
-        help="check the server's certificate for this name instead of the address's host",
-    )
+        "NAME",
+        "TRTSERVE_TLS_SERVER_NAME",
+        "check the server's certificate for this name instead of the address's host",
+    ),
+)
 
 
 class ConnectionSettingsError(ValueError):
