@@ -8,6 +8,9 @@
 #   TRTSERVE_BAKED_RUNTIMES_DIR lean runtimes shipped in the image; each version missing from
 #                               TRTSERVE_RUNTIMES_DIR is linked into it, so a runtimes volume
 #                               adds versions to the image's instead of hiding them
+#   TRTSERVE_TOKENS_MOUNT       where a bearer-tokens file may be mounted (an optional Secret):
+#                               when the file is there and TRTSERVE_AUTH_TOKENS_FILE is not set,
+#                               the server uses it; when it is not, admin calls stay refused
 #
 # Arguments starting with "-" are flags of `trtserve serve`; any other first argument is a
 # trtserve command (`runtimes list`, `inspect model.plan`, ...).
@@ -29,7 +32,15 @@ seed_runtimes() {
     done
 }
 
+use_tokens_mount() {
+    mount=${TRTSERVE_TOKENS_MOUNT:-}
+    [ -n "$mount" ] && [ -z "${TRTSERVE_AUTH_TOKENS_FILE:-}" ] && [ -f "$mount" ] || return 0
+    TRTSERVE_AUTH_TOKENS_FILE=$mount
+    export TRTSERVE_AUTH_TOKENS_FILE
+}
+
 seed_runtimes
+use_tokens_mount
 if [ "$#" -eq 0 ] || [ "${1#-}" != "$1" ]; then
     if [ -n "${TRTSERVE_CONFIG:-}" ]; then
         set -- --config "$TRTSERVE_CONFIG" "$@"

@@ -161,3 +161,40 @@ def test_flags_pass_through_and_other_commands_run(tmp_path: Path, repository: P
     )
     assert listing.returncode == 0, listing.stderr
     assert "no lean runtimes installed" in listing.stdout
+
+
+def test_a_mounted_tokens_file_is_used_and_a_missing_one_is_not(
+    tmp_path: Path, repository: Path
+) -> None:
+    from trtserve.client import InferenceClient, InferenceServerError
+
+    token = "admin-token-0123456789abcdef"
+    mount = tmp_path / "secret" / "tokens"
+
+    def unload_as(address: str, presented: str) -> str:
+        """The status of an unload of `simple` with this token ("" for none)."""
+        with InferenceClient(address, timeout=30, token=presented) as client:
+            try:
+                client.unload_model("simple")
+            except InferenceServerError as e:
+                return e.code.name
+        return "OK"
+
+    for present in (False, True):
+        if present:
+            mount.parent.mkdir()
+            mount.write_text(f"{token} admin\n")
+        env = image_env(tmp_path, TRTSERVE_REPOSITORY=str(repository))
+        env["TRTSERVE_TOKENS_MOUNT"] = str(mount)
+        server = start(env)
+        try:
+            address = f"127.0.0.1:{server.grpc_port}"
+            if present:
+                assert unload_as(address, "") == "UNAUTHENTICATED"
+                assert unload_as(address, token) == "OK"
+            else:
+                # No tokens file: nobody may load or unload, a token changes nothing.
+                assert unload_as(address, token) == "PERMISSION_DENIED"
+        finally:
+            server.process.send_signal(signal.SIGTERM)
+            assert server.process.wait(30) == 0

@@ -327,7 +327,8 @@ def test_gpu_overlay_asks_for_a_gpu_and_cpu_does_not(
     assert "nvidia.com/gpu" not in str(server_container("cpu")["resources"])
     # The patch merged: the base's probes and mounts are still there.
     assert server_container("gpu")["startupProbe"]["failureThreshold"] == 120
-    assert len(server_container("gpu")["volumeMounts"]) == 4
+    mounts = {m["name"] for m in server_container("gpu")["volumeMounts"]}
+    assert mounts == {"config", "tokens", "models", "runtimes", "tmp"}
 
 
 def test_deployment_probes_drain_and_storage_fit_together(
