@@ -282,17 +282,18 @@ class ModelScheduler:
         requests = [p.request for p in batch]
         try:
             result = self._instances[index].execute(_pack(requests), _union_outputs(requests))
+            outcomes = self._split(batch, result, started_ns)
         except ServerError as error:
             self._hand_back([(p.future, error) for p in batch])
             return
         except Exception as error:  # a backend bug must fail the batch, not the thread
             log.exception("model %s: execution failed", self.config.model)
-            failure = Internal(f"model '{self.config.model}': execution failed: {error}")
+            failure = Internal(f"model '{self.config.model}': execution failed: {error!r}")
             self._hand_back([(p.future, failure) for p in batch])
             return
         self._executions[index].inc()
         self._record(batch, result)
-        self._hand_back(self._split(batch, result, started_ns))
+        self._hand_back(outcomes)
 
     def _record(self, batch: list[_Pending], result: ExecutionResult) -> None:
         t = result.timings

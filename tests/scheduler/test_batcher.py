@@ -375,3 +375,27 @@ def test_a_lone_request_does_not_wait_for_company() -> None:
 
     run(scenario)
     assert instance.batch_sizes == [1]
+
+
+class Forgetful(ModelInstance):
+    """A broken backend: it returns none of the outputs asked for."""
+
+    def execute(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> ExecutionResult:
+        return ExecutionResult({}, ExecutionTimings(1, 2, 3))
+
+    def close(self) -> None:
+        pass
+
+
+def test_outputs_a_backend_did_not_return_fail_the_batch_and_the_thread_goes_on() -> None:
+    async def scenario() -> None:
+        scheduler = make_scheduler(Forgetful())
+        scheduler.start()
+        for _ in range(2):
+            with pytest.raises(Internal, match="execution failed: KeyError"):
+                await asyncio.wait_for(scheduler.submit(request(1, 1.0)), timeout=10)
+        await scheduler.close()
+
+    run(scenario)
