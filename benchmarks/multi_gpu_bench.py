@@ -6,8 +6,8 @@
 Rounds alternate between the layouts so that drift on the machine hits all alike.
 
 (a) backend: TensorRT instances in this process, 16 threads taking an idle instance each
-    (what the server's scheduler does), no gRPC: 4 instances on GPU 0, 2 + 2 on GPUs 0 and 1,
-    and 4 + 4; with the mean host and GPU time of one execution;
+    (what the server's scheduler does), no gRPC: 1 and 4 instances on GPU 0, 2 + 2 on GPUs 0
+    and 1, and 4 + 4; with the mean host and GPU time of one execution;
 (b) server: `trtserve serve` driven by load.py (grpc.aio, a prebuilt request) from its own
     process at concurrency 16, with the server's CPU time: one process with 4 instances on
     GPU 0 or 2 + 2 on both GPUs; two processes, one per GPU with 2 instances each, each driven
@@ -62,6 +62,7 @@ CONCURRENCY = 16
 # A placement: the GPUs, and how many instances on each.
 Layout = tuple[tuple[int, ...], int]
 BACKEND_LAYOUTS: dict[str, Layout] = {
+    "1 GPU, 1": ((0,), 1),
     "1 GPU, 4": ((0,), 4),
     "2 GPUs, 2 + 2": ((0, 1), 2),
     "2 GPUs, 4 + 4": ((0, 1), 4),
@@ -443,8 +444,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trtserve.server.runtime.cuda_device import cuda_device_count
 
     devices = cuda_device_count()
-    if devices < 2:
-        parser.error(f"this benchmark needs 2 CUDA devices; {devices} visible")
+    layouts = {k: v for k, v in BACKEND_LAYOUTS.items() if k in (args.backend_layout or [k])}
+    # The server part and the default layouts need two GPUs; one backend layout may need one.
+    needed = 2 if args.part != "backend" else 1 + max(max(g) for g, _ in layouts.values())
+    if devices < needed:
+        parser.error(f"this run needs {needed} CUDA device(s); {devices} visible")
     os.environ["TRTSERVE_RUNTIMES_DIR"] = str(args.runtimes_dir.resolve())
     # The backend part runs here: with the allocator settings `trtserve serve` makes.
     reuse_freed_memory()
@@ -458,7 +462,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     rows: list[Row] = []
     x = make_input()
-    layouts = {k: v for k, v in BACKEND_LAYOUTS.items() if k in (args.backend_layout or [k])}
     try:
         for round_ in range(args.rounds if args.part != "server" else 0):
             for layout, (gpus, per_gpu) in layouts.items():
