@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.util
+import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -443,7 +444,7 @@ class TensorRTInstance(ModelInstance):
                         f"model '{self._model}': output '{name}' has a data-dependent shape "
                         f"{shape}, which this server does not support"
                     )
-                nbytes = int(np.prod(shape, dtype=np.int64)) * tensor.dtype.itemsize
+                nbytes = math.prod(shape) * tensor.dtype.itemsize
                 sizes[name] = max(sizes.get(name, 0), nbytes)
         return sizes
 
@@ -580,7 +581,7 @@ class TensorRTInstance(ModelInstance):
             if tensor is None or tensor.is_input:
                 raise InvalidArgument(f"model '{self._model}': no output named '{name}'")
             shape = tuple(int(d) for d in self._context.get_tensor_shape(name))
-            nbytes = int(np.prod(shape, dtype=np.int64)) * tensor.dtype.itemsize
+            nbytes = math.prod(shape) * tensor.dtype.itemsize
             self._copy(
                 self._host_buffers[name],
                 self._device_buffers[name],
@@ -596,7 +597,7 @@ class TensorRTInstance(ModelInstance):
         outputs = {}
         for name, shape in shapes.items():
             dtype = self._tensors[name].dtype
-            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            nbytes = math.prod(shape) * dtype.itemsize
             view = _host_view(self._host_buffers[name], nbytes)
             outputs[name] = view.view(dtype).reshape(shape).copy()
         return outputs
