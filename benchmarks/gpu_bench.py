@@ -92,8 +92,18 @@ def summarize(name: str, latencies_s: Sequence[float], elapsed_s: float) -> Meas
 
 
 def triton_load(address: str, model: str, concurrency: int, seconds: float) -> dict[str, Any]:
-    """`concurrency` threads, one tritonclient each, infer back to back for `seconds`."""
+    """`concurrency` threads, one tritonclient each, infer back to back for `seconds`.
+
+    The process keeps freed memory for reuse, as `trtserve bench` does: with glibc's defaults
+    a Python client parsing 3.2 MB responses runs at one of two speeds from start to start
+    (trtserve.protocol.allocator), which would blur the server's figure.
+    """
     import tritonclient.grpc as grpcclient
+
+    # Only ctypes: no trtserve protobuf module is loaded next to tritonclient's.
+    from trtserve.protocol.allocator import reuse_freed_memory
+
+    reuse_freed_memory()
 
     x = make_input()
     warmup = 20

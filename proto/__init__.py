@@ -6,6 +6,7 @@ Generated modules (regenerate with ``python scripts/generate_protocol.py``):
 - ``model_config_pb2``: the model configuration schema (Triton-compatible subset).
 - ``trtserve_pb2`` / ``trtserve_pb2_grpc``: trtserve's own RPCs (model upload).
 
-Hand-written: ``datatypes`` (v2 datatype names and numpy dtypes) and ``tensors`` (numpy arrays
-to and from protocol tensors).
+Hand-written: ``datatypes`` (v2 datatype names and numpy dtypes), ``tensors`` (numpy arrays
+to and from protocol tensors) and ``allocator`` (glibc settings for processes that move large
+messages).
 """
