@@ -8,6 +8,7 @@ received value; the server turns it into INVALID_ARGUMENT.
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Sequence
 from math import prod
 
@@ -111,17 +112,26 @@ def from_contents(
     return narrow.reshape(tuple(shape))
 
 
+_LITTLE_ENDIAN_HOST = sys.byteorder == "little"
+
+
 def raw_view(array: np.ndarray, datatype: Datatype | None = None) -> memoryview:
     """The raw tensor bytes of an array (C order, little-endian), copied only when needed.
 
     Large outputs are copied once, into the serialized message, instead of once per step.
     """
-    if array.dtype == np.object_ or array.dtype.kind in ("S", "U"):
+    kind = array.dtype.kind
+    if kind in "OSU":
         return memoryview(serialize_bytes(array))
     if datatype is not None and datatype.name == "BF16":
         array = np.ascontiguousarray(array, dtype=np.uint16)
+    if array.size == 0:
+        return memoryview(b"")
+    # Most outputs are native little-endian and contiguous already: no conversion, no copy.
+    if array.flags.c_contiguous and array.dtype.byteorder in "=<|" and _LITTLE_ENDIAN_HOST:
+        return array.data.cast("B")
     little = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False)
-    return little.data.cast("B") if little.size else memoryview(b"")
+    return little.data.cast("B")
 
 
 def to_raw(array: np.ndarray, datatype: Datatype | None = None) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -17,8 +17,7 @@ from trtserve.server.scheduler.request import InferenceRequest, InferenceRespons
 from trtserve.server.specs import TensorSpec
 
 
-@dataclass(frozen=True)
-class _Input:
+class _Input(NamedTuple):
     """One input tensor's header, read from the message once (each read builds objects)."""
 
     name: str
