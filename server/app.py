@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 from trtserve.protocol import grpc_service_pb2, trtserve_pb2
 from trtserve.protocol.allocator import reuse_freed_memory
-from trtserve.server.api.auth import AccessPolicy, AuthInterceptor
+from trtserve.server.api.auth import AccessGuard, AccessPolicy
 from trtserve.server.api.inference_servicer import InferenceServicer, ServingState
 from trtserve.server.api.registration import add_service
 from trtserve.server.api.upload_servicer import UploadServicer
@@ -194,7 +194,6 @@ async def start_server(
     max_bytes = settings.max_message_mb * 1024 * 1024
     limits = request_limits(settings)
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(policy)],
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
@@ -202,12 +201,16 @@ async def start_server(
     )
     inference_service = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     upload_service = trtserve_pb2.DESCRIPTOR.services_by_name["ModelUpload"]
+    # Health and reflection are open to every caller (probes carry no credentials); the
+    # services below have each method wrapped by the access policy once, here.
+    guard = AccessGuard(policy).wrap
     add_service(
         server,
         InferenceServicer(manager, metrics, state, server_version(), limits),
         inference_service,
+        guard,
     )
-    add_service(server, UploadServicer(manager, limits), upload_service)
+    add_service(server, UploadServicer(manager, limits), upload_service, guard)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -343,26 +343,21 @@ def caller_of(context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
 
 Behaviour = Callable[..., Any]
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
-if TYPE_CHECKING:  # generic in the type stubs only
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    _ServerInterceptor = grpc.aio.ServerInterceptor
 
 
-class AuthInterceptor(_ServerInterceptor):
-    """Runs the access policy before every handler that not every caller may use."""
+class AccessGuard:
+    """Wraps each method handler that not every caller may use with the access policy.
+
+    Applied once, when the services are registered, so a call to a method every caller may
+    use (ModelInfer, without credentials configured) costs nothing per call.
+    """
 
     def __init__(self, policy: AccessPolicy) -> None:
         self.policy = policy
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or not self.policy.needs_check(method):
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        """`handler` for the full method name `method`, checked first when it needs a role."""
+        if not self.policy.needs_check(method):
             return handler
         return _guarded(handler, self._checker(method))
 

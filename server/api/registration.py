@@ -60,16 +60,26 @@ _HANDLER_FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[
 }
 
 
-def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
-    """Serve every method of `service` with the servicer method of the same name."""
+def add_service(
+    server: grpc.aio.Server,
+    servicer: object,
+    service: ServiceDescriptor,
+    guard: Callable[[str, grpc.RpcMethodHandler[Any, Any]], grpc.RpcMethodHandler[Any, Any]],
+) -> None:
+    """Serve every method of `service` with the servicer method of the same name.
+
+    `guard(full_method_name, handler)` returns the handler to serve (the access policy's
+    wrapping); every method goes through it, so none is served unchecked.
+    """
     handlers = {}
     for method in service.methods:
         factory = _HANDLER_FACTORIES[(method.client_streaming, method.server_streaming)]
-        handlers[method.name] = factory(
+        handler = factory(
             getattr(servicer, method.name),
             request_deserializer=_tolerant_parser(GetMessageClass(method.input_type)),
             response_serializer=_serialize,
         )
+        handlers[method.name] = guard(f"/{service.full_name}/{method.name}", handler)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
