@@ -95,3 +95,20 @@ def start_server(
         raise RuntimeError("server did not start:\n" + "".join(lines))
     m = found[0]
     return ServerProcess(process, int(m.group(2)), int(m.group(3)), lines)
+
+
+def run_cli(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """Run the `trtserve` command to its end; its exit status and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "trtserve.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def serve_fails(args: Sequence[str]) -> str:
+    """Run `trtserve serve` expecting it to refuse to start (exit 2); its output."""
+    result = run_cli("serve", "--grpc-port", "0", *args, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    return result.stdout + result.stderr

@@ -11,10 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
-import subprocess
-import sys
 from collections.abc import Generator, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -22,13 +19,12 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from server_process import ServerProcess, start_server
+from served import Served, status_of
+from server_process import serve_fails, start_server
 from tiny_models import add_config, add_constant_model, add_request, output_of, tree, write_model
 
 from trtserve.protocol import grpc_service_pb2 as pb
-from trtserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from trtserve.protocol import trtserve_pb2 as tpb
-from trtserve.protocol import trtserve_pb2_grpc as tpb_grpc
 from trtserve.server.api import auth
 from trtserve.server.api.auth import Role, TokenFile
 
@@ -40,21 +36,6 @@ Metadata = Sequence[tuple[str, str]]
 
 def bearer(token: str) -> Metadata:
     return (("authorization", f"Bearer {token}"),)
-
-
-@dataclass
-class Served:
-    process: ServerProcess
-    repository: Path
-    channel: grpc.Channel
-
-    @property
-    def stub(self) -> pb_grpc.GRPCInferenceServiceStub:
-        return pb_grpc.GRPCInferenceServiceStub(self.channel)  # type: ignore[no-untyped-call]
-
-    @property
-    def uploads(self) -> tpb_grpc.ModelUploadStub:
-        return tpb_grpc.ModelUploadStub(self.channel)  # type: ignore[no-untyped-call]
 
 
 def serve(
@@ -88,15 +69,6 @@ def with_tokens(tmp_path_factory: pytest.TempPathFactory, token_file: Path) -> I
 @pytest.fixture(scope="module")
 def no_credentials(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     yield from serve(tmp_path_factory.mktemp("default-server"), [])
-
-
-def status_of(call: object) -> tuple[grpc.StatusCode, str]:
-    """Run a zero-argument call; its status code and details (OK, '' on success)."""
-    try:
-        call()  # type: ignore[operator]
-    except grpc.RpcError as error:
-        return error.code(), error.details() or ""
-    return grpc.StatusCode.OK, ""
 
 
 def infer(served: Served, metadata: Metadata | None, name: str = "add") -> object:
@@ -300,18 +272,6 @@ def test_insecure_local_admin_allows_admin_and_binds_loopback(tmp_path: Path) ->
 
 
 # --- start-up refusals ----------------------------------------------------------------------
-
-
-def serve_fails(args: Sequence[str]) -> str:
-    """Run `trtserve serve` expecting it to refuse to start; its output."""
-    result = subprocess.run(
-        [sys.executable, "-m", "trtserve.cli.main", "serve", "--grpc-port", "0", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2, result.stdout + result.stderr
-    return result.stdout + result.stderr
 
 
 def test_insecure_local_admin_cannot_be_combined_with_tokens(token_file: Path) -> None:

@@ -11,19 +11,17 @@ import hashlib
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from server_process import ServerProcess, start_server
+from served import Served, status_of
+from server_process import start_server
 from tiny_models import add_config, add_constant_model, add_request, tree, write_model
 
 from trtserve.protocol import grpc_service_pb2 as pb
-from trtserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from trtserve.protocol import trtserve_pb2 as tpb
-from trtserve.protocol import trtserve_pb2_grpc as tpb_grpc
 
 TIMEOUT_S = 30.0
 MIB = 1024 * 1024
@@ -40,20 +38,7 @@ instance_group [ { count: 1, kind: KIND_CPU } ]
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-@dataclass
-class Limited:
-    process: ServerProcess
-    repository: Path
-    channel: grpc.Channel
-
-    @property
-    def stub(self) -> pb_grpc.GRPCInferenceServiceStub:
-        return pb_grpc.GRPCInferenceServiceStub(self.channel)  # type: ignore[no-untyped-call]
-
-    @property
-    def uploads(self) -> tpb_grpc.ModelUploadStub:
-        return tpb_grpc.ModelUploadStub(self.channel)  # type: ignore[no-untyped-call]
-
+class Limited(Served):
     def rss_kib(self) -> int:
         """The server's resident set size (VmRSS), in KiB."""
         status = Path(f"/proc/{self.process.process.pid}/status").read_text()
@@ -95,14 +80,6 @@ def limited(tmp_path_factory: pytest.TempPathFactory, dense_model_file: Path) ->
     finally:
         channel.close()
         assert process.terminate() == 0
-
-
-def status_of(call: object) -> tuple[grpc.StatusCode, str]:
-    try:
-        call()  # type: ignore[operator]
-    except grpc.RpcError as error:
-        return error.code(), error.details() or ""
-    return grpc.StatusCode.OK, ""
 
 
 def dense_request(rows: int, raw_bytes: int | None = None) -> pb.ModelInferRequest:

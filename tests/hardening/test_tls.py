@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from server_process import ServerProcess, start_server
+from served import status_of
+from server_process import ServerProcess, run_cli, serve_fails, start_server
 from tiny_models import add_config, add_constant_model, add_request, output_of, write_model
 
 from trtserve.client import InferenceClient, InferenceServerError, InferInput, TlsConfig
@@ -200,14 +199,6 @@ def stub_of(channel: grpc.Channel) -> pb_grpc.GRPCInferenceServiceStub:
     return pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
 
 
-def status_of(call: object) -> tuple[grpc.StatusCode, str]:
-    try:
-        call()  # type: ignore[operator]
-    except grpc.RpcError as error:
-        return error.code(), error.details() or ""
-    return grpc.StatusCode.OK, ""
-
-
 def infers(channel: grpc.Channel) -> None:
     request, x = add_request("add", rows=3)
     response = stub_of(channel).ModelInfer(request, timeout=TIMEOUT_S)
@@ -331,31 +322,22 @@ def test_our_client_presents_its_certificate_for_mutual_tls(
     assert raised.value.code == grpc.StatusCode.UNAVAILABLE
 
 
-def trtserve(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trtserve.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_commands_infer_and_bench_over_tls(tls_server: ServerProcess, pki: Pki) -> None:
     tls = ["--tls-ca", str(pki.ca.cert_file), "--tls-server-name", "localhost"]
     address = ["--address", tls_server.address]
-    done = trtserve("infer", "add", *address, *tls, "--json")
+    done = run_cli("infer", "add", *address, *tls, "--json")
     assert done.returncode == 0, done.stderr
     # Two load processes: the TLS settings travel to each.
-    done = trtserve("bench", "add", *address, *tls, "--requests", "40", "--processes", "2")
+    done = run_cli("bench", "add", *address, *tls, "--requests", "40", "--processes", "2")
     assert done.returncode == 0, done.stderr
-    done = trtserve("bench", "add", *address, *tls, "--requests", "40", "--json", "--no-progress")
+    done = run_cli("bench", "add", *address, *tls, "--requests", "40", "--json", "--no-progress")
     assert done.returncode == 0 and '"count": 40' in done.stdout, done.stdout + done.stderr
-    plaintext = trtserve("infer", "add", *address, "--timeout", "5")
+    plaintext = run_cli("infer", "add", *address, "--timeout", "5")
     assert plaintext.returncode == 1, plaintext.stdout + plaintext.stderr
 
 
 def test_unreadable_tls_file_is_a_usage_error(tmp_path: Path) -> None:
-    done = trtserve("models", "list", "--tls-ca", str(tmp_path / "missing.pem"))
+    done = run_cli("models", "list", "--tls-ca", str(tmp_path / "missing.pem"))
     assert done.returncode == 2
     assert f"tls CA file {tmp_path / 'missing.pem'}" in done.stderr
 
@@ -366,17 +348,6 @@ def test_certificate_without_key_is_refused() -> None:
 
 
 # --- configuration errors -------------------------------------------------------------------
-
-
-def serve_fails(args: Sequence[str]) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "trtserve.cli.main", "serve", "--grpc-port", "0", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2, result.stdout + result.stderr
-    return result.stdout + result.stderr
 
 
 def test_certificate_without_key_stops_the_start(pki: Pki) -> None:
