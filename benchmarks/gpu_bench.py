@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,11 @@ from typing import Any
 
 import numpy as np
 
+# Run as a script: the sibling modules are importable from the script's folder.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from server_under_test import ServerUnderTest, start
+
 PLAN_NAME = "conv_relu_trt11.0.0.114.plan"
 PLAN_VERSION = "11.0.0.114"
 INPUT_NAME, OUTPUT_NAME = "x", "output0"
@@ -52,7 +56,6 @@ INPUT_SHAPE = (1, 3, 224, 224)
 OUTPUT_SHAPE = (1, 16, 222, 222)
 MODEL = "conv"
 INSTANCES = 2
-_READY = re.compile(r"serving gRPC on ([^ ]+):(\d+), metrics on [^ ]+:(-?\d+)")
 
 
 def make_input() -> np.ndarray:
@@ -332,53 +335,12 @@ def two_streams(pipelines: Sequence[Pipeline], iterations: int) -> Measure:
 # --- (c): the server ------------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen[str]
-    address: str
-    metrics_port: int
-    lines: list[str]
-
-    def stop(self) -> int | None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return self.process.returncode
-
-
-def start_server(repository: Path, runtimes_dir: Path, versions: Sequence[str]) -> Server:
-    args = [sys.executable, "-u", "-m", "trtserve.cli.main", "serve", "--host", "127.0.0.1"]
-    args += ["--grpc-port", "0", "--metrics-port", "0", "--log-level", "WARNING"]
-    # It uploads the plan itself: admin calls are open to loopback callers only.
-    args += ["--insecure-local-admin"]
-    args += ["--repository", str(repository), "--runtimes-dir", str(runtimes_dir)]
+def start_server(repository: Path, runtimes_dir: Path, versions: Sequence[str]) -> ServerUnderTest:
+    """`trtserve serve` with every version in `versions` preloaded, its metrics port open."""
+    args = ["--log-level", "WARNING", "--runtimes-dir", str(runtimes_dir)]
     for version in versions:
         args += ["--preload-runtimes", version]
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    ready = threading.Event()
-    found: list[re.Match[str]] = []
-
-    def pump() -> None:
-        # Read to the end, or the server blocks on a full pipe.
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            if not found and (m := _READY.search(line)):
-                found.append(m)
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    if not ready.wait(180) or not found:
-        process.kill()
-        raise RuntimeError("server did not start:\n" + "".join(lines[-50:]))
-    m = found[0]
-    return Server(process, f"127.0.0.1:{m.group(2)}", int(m.group(3)), lines)
+    return start(repository, args, timeout=180, metrics=True)
 
 
 def model_config(instances: int) -> str:
@@ -489,7 +451,7 @@ def measure_server(
         info["lean"] = lean_metrics(scrape(server.metrics_port))
     finally:
         info["server_exit"] = server.stop()
-        info["server_log_tail"] = "".join(server.lines[-20:])
+        info["server_log_tail"] = "".join(server.output[-20:])
     return measures, info
 
 

@@ -51,7 +51,7 @@ from gpu_bench import (
     server_breakdown,
     write_report,
 )
-from server_under_test import ServerUnderTest, launch
+from server_under_test import ServerUnderTest, launch, start
 
 from trtserve.protocol.allocator import reuse_freed_memory
 
@@ -74,7 +74,6 @@ MODELS: dict[str, Layout] = {
     "conv_gpu0": ((0,), 2),
 }
 SECOND_PROCESS_MODELS: dict[str, Layout] = {"conv_gpu1": ((1,), 2)}
-_METRICS = re.compile(r"metrics on [^ ]+:(\d+)")
 
 
 @dataclass
@@ -271,24 +270,11 @@ def executions_by_device(metrics_port: int) -> dict[str, dict[str, float]]:
     return found
 
 
-def start_trtserve(
-    repository: Path, runtimes_dir: Path, extra: Sequence[str] = ()
-) -> tuple[ServerUnderTest, int]:
-    """`trtserve serve` on free loopback ports; the server and its metrics port."""
-    args = ["-m", "trtserve.cli.main", "serve", "--host", "127.0.0.1", "--grpc-port", "0"]
-    args += ["--metrics-port", "0", "--log-level", "WARNING", "--repository", str(repository)]
-    args += ["--runtimes-dir", str(runtimes_dir), *extra]
-    server = launch(args, "trtserve", timeout=300)
-    port = next(int(m.group(1)) for line in server.output if (m := _METRICS.search(line)))
-    return server, port
-
-
 @dataclass
 class Servers:
     """Everything part (b) and (c) start, stopped together."""
 
     main: ServerUnderTest
-    main_metrics_port: int
     second: ServerUnderTest
     malloc_defaults: ServerUnderTest
     floor: ServerUnderTest
@@ -320,11 +306,12 @@ def start_servers(root: Path, plan: Path, runtimes_dir: Path) -> Servers:
     write_repository(root / "defaults", plan, {"conv_1gpu": MODELS["conv_1gpu"]})
     started: list[ServerUnderTest] = []
     try:
-        main, port = start_trtserve(root / "main", runtimes_dir)
+        args = ["--log-level", "WARNING", "--runtimes-dir", str(runtimes_dir)]
+        main = start(root / "main", args, timeout=300, metrics=True)
         started.append(main)
-        second, _ = start_trtserve(root / "second", runtimes_dir)
+        second = start(root / "second", args, timeout=300)
         started.append(second)
-        defaults, _ = start_trtserve(root / "defaults", runtimes_dir, ["--malloc-keep-mb", "0"])
+        defaults = start(root / "defaults", [*args, "--malloc-keep-mb", "0"], timeout=300)
         started.append(defaults)
         floor_script = str(Path(__file__).with_name("floor_server.py"))
         floor = launch([floor_script, "--model", "conv", "--output", OUTPUT], "floor")
@@ -332,7 +319,7 @@ def start_servers(root: Path, plan: Path, runtimes_dir: Path) -> Servers:
         for server in started:
             server.stop()
         raise
-    return Servers(main, port, second, defaults, floor)
+    return Servers(main, second, defaults, floor)
 
 
 def measure_servers(
@@ -360,7 +347,7 @@ def measure_servers(
                         )
                 results = drive([Target(servers.floor, "conv")], seconds)
                 rows.append(load_row("protocol floor", "no GPU", round_, results))
-        info["executions_by_device"] = executions_by_device(servers.main_metrics_port)
+        info["executions_by_device"] = executions_by_device(servers.main.metrics_port)
     finally:
         info["server_exit"] = servers.stop()
         shutil.rmtree(root, ignore_errors=True)

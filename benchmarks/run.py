@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from load import LoadResult, machine_cpu_s
-from server_under_test import ServerUnderTest, launch
+from server_under_test import ServerUnderTest, launch, start
 from tensor_arg import TensorArg
 
 from trtserve.protocol import grpc_service_pb2 as pb
@@ -767,24 +767,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_repository(repository)
         servers: list[ServerUnderTest] = []
         try:
-            ours = launch(
-                [
-                    "-m",
-                    "trtserve.cli.main",
-                    "serve",
-                    "--host",
-                    "127.0.0.1",
-                    "--grpc-port",
-                    "0",
-                    "--metrics-port",
-                    "-1",
-                    "--log-level",
-                    "WARNING",
-                    "--repository",
-                    str(repository),
-                ],
-                "trtserve",
-            )
+            ours = start(repository, ["--log-level", "WARNING"])
             servers.append(ours)
             floor = launch(
                 [

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"serving gRPC on ([^ ]+):(\d+)")
+READY = re.compile(r"serving gRPC on ([^ ]+):(\d+)(?:, metrics on [^ ]+:(-?\d+))?")
 
 
 @dataclass
@@ -27,6 +27,8 @@ class ServerUnderTest:
 
     popen: subprocess.Popen[str]
     address: str = ""
+    # -1: no metrics port (or none printed, as the floor server prints none).
+    metrics_port: int = -1
     output: list[str] = field(default_factory=list)
 
     @property
@@ -89,6 +91,7 @@ def launch(args: Sequence[str], name: str = "server", timeout: float = 120.0) ->
             server.output.append(line)
             if not server.address and (m := READY.search(line)):
                 server.address = f"{m.group(1)}:{m.group(2)}"
+                server.metrics_port = int(m.group(3)) if m.group(3) else -1
                 ready.set()
         ready.set()
 
@@ -100,9 +103,16 @@ def launch(args: Sequence[str], name: str = "server", timeout: float = 120.0) ->
 
 
 def start(
-    repository: Path, extra_args: Sequence[str] = (), timeout: float = 120.0
+    repository: Path,
+    extra_args: Sequence[str] = (),
+    timeout: float = 120.0,
+    *,
+    metrics: bool = False,
 ) -> ServerUnderTest:
-    """Start `trtserve serve` on a free loopback port; return once it is serving."""
+    """Start `trtserve serve` on a free loopback port; return once it is serving.
+
+    `metrics` opens the metrics port too (on a free port: `metrics_port`).
+    """
     args = [
         "-m",
         "trtserve.cli.main",
@@ -112,7 +122,7 @@ def start(
         "--grpc-port",
         "0",
         "--metrics-port",
-        "-1",
+        "0" if metrics else "-1",
         "--insecure-local-admin",
         "--repository",
         str(repository),
