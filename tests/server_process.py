@@ -8,11 +8,13 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_READY = re.compile(r"serving gRPC on ([^ ]+):(\d+)(?: \(TLS\))?, metrics on [^ ]+:(-?\d+)")
+_READY = re.compile(
+    r"serving gRPC on ([^ ]+):(\d+)(?: \(TLS\))?, metrics on [^ ]+:(-?\d+)(?:, models (.*))?"
+)
 
 
 @dataclass
@@ -23,6 +25,8 @@ class ServerProcess:
     grpc_port: int
     metrics_port: int
     output: list[str] = field(default_factory=list)
+    # The ready line's list of the models it serves, as printed.
+    models: str = ""
 
     @property
     def address(self) -> str:
@@ -67,20 +71,25 @@ def start_server(
         *(["--insecure-local-admin"] if local_admin else []),
         *extra_args,
     ]
+    return spawn(args, {**os.environ, **(env or {})}, timeout)
+
+
+def spawn(command: Sequence[str], env: Mapping[str, str], timeout: float = 60.0) -> ServerProcess:
+    """Run `command`, a server that prints trtserve's ready line; return once it has."""
     process = subprocess.Popen(
-        args,
+        list(command),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, **(env or {})},
+        env=dict(env),
         cwd=Path(__file__).resolve().parent.parent,
     )
-    assert process.stdout is not None
     lines: list[str] = []
     found: list[re.Match[str]] = []
     done = threading.Event()
 
     def pump() -> None:
+        # Read to the end, or the server blocks on a full pipe.
         assert process.stdout is not None
         for line in process.stdout:
             lines.append(line)
@@ -94,7 +103,7 @@ def start_server(
         process.kill()
         raise RuntimeError("server did not start:\n" + "".join(lines))
     m = found[0]
-    return ServerProcess(process, int(m.group(2)), int(m.group(3)), lines)
+    return ServerProcess(process, int(m.group(2)), int(m.group(3)), lines, m.group(4) or "")
 
 
 def run_cli(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:

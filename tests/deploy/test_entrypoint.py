@@ -8,32 +8,20 @@ the server: SIGTERM to that process drains and exits 0, as PID 1 in a container 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from server_process import ServerProcess, spawn
 
 from trtserve.server.default_model import write_default_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "deploy" / "docker-entrypoint.sh"
 HEALTHCHECK = ROOT / "deploy" / "healthcheck.py"
-_READY = re.compile(r"serving gRPC on [^ ]+:(\d+), metrics on [^ ]+:(-?\d+), models (.*)")
-
-
-@dataclass
-class Started:
-    process: subprocess.Popen[str]
-    grpc_port: int
-    metrics_port: int
-    models: str
-    lines: list[str]
 
 
 def image_env(tmp: Path, **extra: str) -> dict[str, str]:
@@ -52,33 +40,9 @@ def image_env(tmp: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def start(env: dict[str, str], *args: str, timeout: float = 60.0) -> Started:
-    process = subprocess.Popen(
-        [str(ENTRYPOINT), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    lines: list[str] = []
-    found: list[re.Match[str]] = []
-    done = threading.Event()
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            if not found and (m := _READY.search(line)):
-                found.append(m)
-                done.set()
-        done.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    if not done.wait(timeout) or not found:
-        process.kill()
-        raise AssertionError("entrypoint did not start the server:\n" + "".join(lines))
-    m = found[0]
-    return Started(process, int(m.group(1)), int(m.group(2)), m.group(3), lines)
+def start(env: dict[str, str], *args: str, timeout: float = 60.0) -> ServerProcess:
+    """Run the entrypoint as the image does; return once the server it execs is serving."""
+    return spawn([str(ENTRYPOINT), *args], env, timeout)
 
 
 def healthcheck(port: int) -> subprocess.CompletedProcess[str]:
@@ -98,7 +62,7 @@ def repository(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def started(tmp_path: Path, repository: Path) -> Iterator[Started]:
+def started(tmp_path: Path, repository: Path) -> Iterator[ServerProcess]:
     config = tmp_path / "trtserve.toml"
     config.write_text('[server]\ngrace_period_s = 5\nlog_level = "INFO"\n')
     env = image_env(tmp_path, TRTSERVE_REPOSITORY=str(repository), TRTSERVE_CONFIG=str(config))
@@ -109,7 +73,7 @@ def started(tmp_path: Path, repository: Path) -> Iterator[Started]:
         server.process.wait(10)
 
 
-def test_entrypoint_execs_the_server_and_sigterm_drains_to_exit_0(started: Started) -> None:
+def test_entrypoint_execs_the_server_and_sigterm_drains_to_exit_0(started: ServerProcess) -> None:
     pid = started.process.pid
     # exec: the script's process is now the Python server, not a shell waiting on a child.
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -121,7 +85,7 @@ def test_entrypoint_execs_the_server_and_sigterm_drains_to_exit_0(started: Start
 
     os.kill(pid, signal.SIGTERM)
     assert started.process.wait(30) == 0
-    output = "".join(started.lines)
+    output = "".join(started.output)
     assert "draining for up to 5.0 s" in output  # grace_period_s came from TRTSERVE_CONFIG
 
     after = healthcheck(started.grpc_port)
@@ -129,7 +93,7 @@ def test_entrypoint_execs_the_server_and_sigterm_drains_to_exit_0(started: Start
     assert "UNAVAILABLE" in after.stderr
 
 
-def test_healthcheck_per_model_service(started: Started) -> None:
+def test_healthcheck_per_model_service(started: ServerProcess) -> None:
     model = subprocess.run(
         [sys.executable, str(HEALTHCHECK), f"127.0.0.1:{started.grpc_port}", "--service", "simple"],
         capture_output=True,
