@@ -50,16 +50,21 @@ class RequestLimits:
     max_tensor_elements: int
     max_upload_bytes: int
     uploads: ConcurrencyLimit
+    upload_idle_timeout_s: float = 30.0
 
     @classmethod
     def create(
-        cls, max_tensor_elements: int, max_upload_bytes: int, max_concurrent_uploads: int
+        cls,
+        max_tensor_elements: int,
+        max_upload_bytes: int,
+        max_concurrent_uploads: int,
+        upload_idle_timeout_s: float = 30.0,
     ) -> RequestLimits:
         """Limits with a fresh upload counter."""
         uploads = ConcurrencyLimit(
             max_concurrent_uploads, "model uploads in progress", "max_concurrent_uploads"
         )
-        return cls(max_tensor_elements, max_upload_bytes, uploads)
+        return cls(max_tensor_elements, max_upload_bytes, uploads, upload_idle_timeout_s)
 
 
 def check_tensor_elements(model: str, tensor: str, shape: Sequence[int], limit: int) -> None:

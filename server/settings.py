@@ -66,6 +66,13 @@ class ServerSettings:
             "with RESOURCE_EXHAUSTED"
         },
     )
+    upload_idle_timeout_s: float = field(
+        default=30.0,
+        metadata={
+            "help": "seconds an upload may go without a message; then DEADLINE_EXCEEDED, its "
+            "slot is freed and its partial file removed"
+        },
+    )
     grace_period_s: float = field(
         default=10.0, metadata={"help": "on SIGTERM, seconds in-flight requests get to finish"}
     )
@@ -150,6 +157,11 @@ class ServerSettings:
             raise ValueError(
                 f"setting malloc_keep_mb: expected 0 to {MALLOC_KEEP_MB_MAX}, received "
                 f"{self.malloc_keep_mb}"
+            )
+        if not self.upload_idle_timeout_s > 0:
+            raise ValueError(
+                "setting upload_idle_timeout_s: expected a positive number of seconds, "
+                f"received {self.upload_idle_timeout_s}"
             )
         for name in ("max_tensor_elements", "max_concurrent_uploads", "max_upload_mb"):
             if getattr(self, name) < 1:

@@ -11,21 +11,28 @@ from trtserve.protocol import trtserve_pb2 as tpb
 from trtserve.protocol import trtserve_pb2_grpc as tpb_grpc
 from trtserve.server.api.registration import require_message
 from trtserve.server.api.status import grpc_errors
-from trtserve.server.errors import FailedPrecondition, InvalidArgument, NotFound
+from trtserve.server.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from trtserve.server.limits import RequestLimits, check_upload_size
 from trtserve.server.models.manager import ModelManager
 from trtserve.server.repository.repository import check_model_name, check_relative_path
-from trtserve.server.repository.transaction import StreamedFile
+from trtserve.server.repository.staging import stage
 
 # Chunks in flight between the gRPC stream and the writer thread: bounds the server's memory.
 _QUEUE_CHUNKS = 8
 
 
 class UploadServicer(tpb_grpc.ModelUploadServicer):
-    """Writes chunks to a temporary file as they arrive; nothing is visible until verified.
+    """Writes chunks to a staged file as they arrive; nothing is visible until verified.
 
-    The file is written and the model loaded as one change: if the load fails, the file is
-    removed again and the previous version keeps serving.
+    The stream is received without the model's lock, so a slow or frozen client never blocks
+    unload or reload of the model; a client silent for `upload_idle_timeout_s` is dropped.
+    The complete file is then moved into place and the model loaded as one change: if the
+    load fails, the file is removed again and the previous version keeps serving.
     """
 
     def __init__(self, manager: ModelManager, limits: RequestLimits) -> None:
@@ -39,6 +46,7 @@ class UploadServicer(tpb_grpc.ModelUploadServicer):
         self, request_iterator: AsyncIterator[Any], context: object
     ) -> tpb.UploadResponse:
         with self._limits.uploads.slot():
+            request_iterator = _idle_limited(request_iterator, self._limits.upload_idle_timeout_s)
             header = await _read_header(request_iterator)
             name = check_model_name(header.model_name)
             self._check_header(header)
@@ -55,20 +63,27 @@ class UploadServicer(tpb_grpc.ModelUploadServicer):
         relative_path = f"{version}/{header.filename or 'model.plan'}"
         check_relative_path(relative_path)
         chunks: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(_QUEUE_CHUNKS)
-        stream = StreamedFile(
-            _chunks_from(chunks, asyncio.get_running_loop(), header.total_bytes),
-            header.sha256 or None,
-            self._limits.max_upload_bytes,
-        )
-        load = asyncio.ensure_future(
-            self._manager.load(
-                name, config_json=header.config_json or None, files={relative_path: stream}
+        writer = asyncio.ensure_future(
+            asyncio.to_thread(
+                stage,
+                self._manager.repository,
+                name,
+                relative_path,
+                _chunks_from(chunks, asyncio.get_running_loop(), header.total_bytes),
+                header.sha256 or None,
+                self._limits.max_upload_bytes,
             )
         )
-        await _feed(request_iterator, chunks, load)
-        await load
+        await _feed(request_iterator, chunks, writer)
+        staged = await writer
+        try:
+            await self._manager.load(
+                name, config_json=header.config_json or None, files={relative_path: staged}
+            )
+        finally:
+            await asyncio.to_thread(staged.discard)
         return tpb.UploadResponse(
-            model_name=name, version=version, stored_bytes=stream.size, sha256=stream.sha256
+            model_name=name, version=version, stored_bytes=staged.size, sha256=staged.sha256
         )
 
     def _check_header(self, header: tpb.UploadHeader) -> None:
@@ -111,6 +126,23 @@ class UploadServicer(tpb_grpc.ModelUploadServicer):
         writing.discard(version)
         if not writing:  # names come from clients: keep no entry for each one ever seen
             del self._writing[name]
+
+
+async def _idle_limited(messages: AsyncIterator[Any], idle_s: float) -> AsyncIterator[Any]:
+    """The stream's messages; DeadlineExceeded when none arrives for `idle_s` seconds."""
+    iterator = aiter(messages)
+    while True:
+        try:
+            async with asyncio.timeout(idle_s):
+                message = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"upload stream: expected a message within {idle_s:g} s "
+                "(upload_idle_timeout_s), received none; the upload was dropped"
+            ) from None
+        yield message
 
 
 async def _read_header(request_iterator: AsyncIterator[Any]) -> tpb.UploadHeader:

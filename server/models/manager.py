@@ -18,6 +18,7 @@ from trtserve.server.metrics import ServerMetrics
 from trtserve.server.models.serving_model import ServingModel
 from trtserve.server.repository.model_config import complete_settings, parse_config_text
 from trtserve.server.repository.repository import ModelRepository
+from trtserve.server.repository.staging import StagedFile
 from trtserve.server.repository.transaction import (
     RepositoryChange,
     StreamedFile,
@@ -93,7 +94,7 @@ class ModelManager:
         name: str,
         *,
         config_json: str | None = None,
-        files: Mapping[str, bytes | StreamedFile] | None = None,
+        files: Mapping[str, bytes | StreamedFile | StagedFile] | None = None,
         fall_back: bool = False,
     ) -> ServingModel:
         """Write the given config and files, then (re)load the model's newest version.

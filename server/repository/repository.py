@@ -15,7 +15,7 @@ import re
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from trtserve.protocol import model_config_pb2
 from trtserve.server.errors import (
@@ -31,6 +31,7 @@ from trtserve.server.repository.model_config import (
     parse_config_text,
     settings_from_config,
 )
+from trtserve.server.repository.write_guards import check_no_links, space_errors
 from trtserve.server.specs import ModelSettings
 
 CONFIG_FILES: dict[str, Literal["pbtxt", "json"]] = {
@@ -193,10 +194,7 @@ class ModelRepository:
         `expected_sha256` raises InvalidArgument; either way nothing is left on disk.
         """
         what = f"model '{name}' file '{relative_path}'"
-        if expected_sha256 is not None and not _SHA256.fullmatch(expected_sha256):
-            raise InvalidArgument(
-                f"{what}: sha256: expected 64 hexadecimal digits, received {expected_sha256!r}"
-            )
+        check_sha256(what, expected_sha256)
         target = self.file_path(name, relative_path)
         return self._atomic_write(target, chunks, expected_sha256, max_bytes, what)
 
@@ -213,18 +211,41 @@ class ModelRepository:
         max_bytes: int | None,
         what: str,
     ) -> tuple[int, str]:
-        created = self._make_dirs(target.parent)
-        try:
-            size, digest = _write_replace(target, chunks, expected_sha256, max_bytes, what)
-        except BaseException:
-            # Folders made only for this write go too, so a failed upload leaves no trace.
-            for folder in reversed(created):
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
-            raise
+        self.check_writable(target)
+        with space_errors(self.root, what):
+            created = self.make_dirs(target.parent)
+            try:
+                size, digest = _write_replace(target, chunks, expected_sha256, max_bytes, what)
+            except BaseException:
+                # Folders made only for this write go too, so a failed upload leaves no trace.
+                remove_folders(created)
+                raise
         return size, digest
 
-    def _make_dirs(self, folder: Path) -> list[Path]:
+    def check_writable(self, target: Path) -> None:
+        """Refuse a write to `target` (a model folder or a path below one) through a link."""
+        relative = target.relative_to(self.root).parts
+        model = relative[0]
+        paths = [self.root.joinpath(*relative[:i]) for i in range(1, len(relative) + 1)]
+        check_no_links(self.root, model, paths)
+
+    def move_into_place(self, name: str, relative_path: str, staged: Path) -> Path:
+        """Rename a fully written file of the model's folder to `<version>/<file>`."""
+        target = self.file_path(name, relative_path)
+        self.check_writable(target)
+        with space_errors(self.root, f"model '{name}' file '{relative_path}'"):
+            created = self.make_dirs(target.parent)
+            try:
+                os.replace(staged, target)
+            except BaseException:
+                remove_folders(created)
+                raise
+            fsync_dir(target.parent)
+            fsync_dir(staged.parent)
+        return target
+
+    def make_dirs(self, folder: Path) -> list[Path]:
+        """Create `folder` and missing parents; return those created, outermost first."""
         missing: list[Path] = []
         current = folder
         while not current.exists():
@@ -241,6 +262,47 @@ class ModelRepository:
         return created
 
 
+def remove_folders(created: list[Path]) -> None:
+    """Remove folders made for a write that failed, innermost first, if they are empty."""
+    for folder in reversed(created):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def check_sha256(what: str, expected_sha256: str | None) -> None:
+    """Refuse an expected digest that is not 64 hexadecimal digits."""
+    if expected_sha256 is not None and not _SHA256.fullmatch(expected_sha256):
+        raise InvalidArgument(
+            f"{what}: sha256: expected 64 hexadecimal digits, received {expected_sha256!r}"
+        )
+
+
+def write_chunks(
+    f: BinaryIO,
+    chunks: Iterable[bytes],
+    expected_sha256: str | None,
+    max_bytes: int | None,
+    what: str,
+) -> tuple[int, str]:
+    """Write and fsync `chunks`, checking size and digest; return the size and sha256."""
+    sha = hashlib.sha256()
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if max_bytes is not None and size > max_bytes:
+            raise ResourceExhausted(f"{what}: expected at most {max_bytes} bytes, received more")
+        sha.update(chunk)
+        f.write(chunk)
+    f.flush()
+    os.fsync(f.fileno())
+    digest = sha.hexdigest()
+    if expected_sha256 is not None and digest != expected_sha256.lower():
+        raise InvalidArgument(
+            f"{what}: sha256: expected {expected_sha256.lower()}, received {digest}"
+        )
+    return size, digest
+
+
 def _write_replace(
     target: Path,
     chunks: Iterable[bytes],
@@ -250,27 +312,11 @@ def _write_replace(
 ) -> tuple[int, str]:
     fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f"{TEMP_PREFIX}{target.name}.")
     temp = Path(temp_name)
-    sha = hashlib.sha256()
-    size = 0
     try:
         with os.fdopen(fd, "wb") as f:
             # mkstemp makes files private; model files are as readable as others written here.
             os.fchmod(f.fileno(), 0o644)
-            for chunk in chunks:
-                size += len(chunk)
-                if max_bytes is not None and size > max_bytes:
-                    raise ResourceExhausted(
-                        f"{what}: expected at most {max_bytes} bytes, received more"
-                    )
-                sha.update(chunk)
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        digest = sha.hexdigest()
-        if expected_sha256 is not None and digest != expected_sha256.lower():
-            raise InvalidArgument(
-                f"{what}: sha256: expected {expected_sha256.lower()}, received {digest}"
-            )
+            size, digest = write_chunks(f, chunks, expected_sha256, max_bytes, what)
         os.replace(temp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

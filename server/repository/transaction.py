@@ -20,15 +20,19 @@ import fcntl
 import logging
 import os
 import shutil
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trtserve.server.errors import FailedPrecondition
 from trtserve.server.repository.repository import (
     TEMP_PREFIX,
     ModelRepository,
     fsync_dir,
 )
+from trtserve.server.repository.staging import STAGED_PREFIX, StagedFile, held_by_live_writer
+from trtserve.server.repository.write_guards import space_errors
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +42,20 @@ LOCKS_FOLDER = ".locks"
 
 def _open_lock(repository: ModelRepository, name: str) -> int:
     folder = repository.root / LOCKS_FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    return os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    with space_errors(repository.root, f"model '{name}' lock file"):
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.lock"
+        try:
+            if folder.is_symlink():  # creating the lock file would follow it out
+                raise OSError(errno.ELOOP, "a symbolic link", str(folder))
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise
+            raise FailedPrecondition(
+                f"model '{name}': {error.filename}: expected a real lock file and folder inside "
+                f"the repository {repository.root}, received a symbolic link"
+            ) from None
 
 
 def _try_lock(fd: int) -> bool:
@@ -99,10 +115,16 @@ class RepositoryChange:
         target = self.repository.model_dir(self.name) / "config.json"
         self._replace(target, lambda: self.repository.write_config_json(self.name, text))
 
-    def write_file(self, relative_path: str, data: bytes | StreamedFile) -> None:
-        """Write `<version>/<file>`, from bytes or from a stream of chunks."""
+    def write_file(self, relative_path: str, data: bytes | StreamedFile | StagedFile) -> None:
+        """Write `<version>/<file>`, from bytes, a stream of chunks or a staged upload."""
         target = self.repository.file_path(self.name, relative_path)
-        if isinstance(data, StreamedFile):
+        if isinstance(data, StagedFile):
+            staged = data.path
+            self._replace(
+                target,
+                lambda: self.repository.move_into_place(self.name, relative_path, staged),
+            )
+        elif isinstance(data, StreamedFile):
             stream = data
 
             def write() -> None:
@@ -145,17 +167,24 @@ class RepositoryChange:
         self._unlock()
 
     def _replace(self, target: Path, write: Callable[[], object]) -> None:
+        self.repository.check_writable(target)
         self._lock()
         backup: Path | None = None
         if target.exists():
             backup = target.with_name(BACKUP_PREFIX + target.name)
-            with contextlib.suppress(FileNotFoundError):
-                backup.unlink()
-            try:
-                os.link(target, backup)
-            except OSError:  # a filesystem without hard links: copy instead
-                shutil.copy2(target, backup)
-            fsync_dir(target.parent)
+            with space_errors(self.repository.root, f"model '{self.name}' backup of {target}"):
+                with contextlib.suppress(FileNotFoundError):
+                    backup.unlink()
+                try:
+                    os.link(target, backup)
+                except OSError:  # a filesystem without hard links: copy instead
+                    try:
+                        shutil.copy2(target, backup)
+                    except BaseException:
+                        with contextlib.suppress(FileNotFoundError):
+                            backup.unlink()
+                        raise
+                fsync_dir(target.parent)
         try:
             write()
         except BaseException:
@@ -169,17 +198,19 @@ def recover_interrupted(repository: ModelRepository) -> list[Path]:
     """Restore files a crashed change had replaced, drop leftover temporary files, and remove
     version folders the crash left empty (a version folder without a file is no version).
 
-    Models that another live server is changing right now are left alone.
+    Models that another live server is changing right now are left alone. Symbolic links are
+    never followed: what a link points to is outside what this server wrote.
     """
     restored: list[Path] = []
     if not repository.root.is_dir():
         return restored
     for model in sorted(repository.root.iterdir()):
-        if not model.is_dir() or model.name.startswith("."):
+        if model.name.startswith(".") or not _real_dir(model):
             continue
         try:
             fd = _open_lock(repository, model.name)
-        except OSError as error:  # a read-only repository: nothing was written through it
+        except (OSError, FailedPrecondition) as error:
+            # A read-only repository: nothing was written through it.
             log.info("not recovering %s: no lock file (%s)", model, error)
             continue
         try:
@@ -192,10 +223,22 @@ def recover_interrupted(repository: ModelRepository) -> list[Path]:
     return restored
 
 
+def _real_dir(path: Path) -> bool:
+    """A folder that is not a symbolic link (a linked one is logged and skipped)."""
+    if path.is_symlink():
+        if path.is_dir():
+            log.warning("not recovering %s: a symbolic link to %s", path, os.readlink(path))
+        return False
+    return stat.S_ISDIR(path.lstat().st_mode)
+
+
 def _recover_model(model: Path) -> list[Path]:
     restored: list[Path] = []
-    for folder in [model, *(v for v in model.iterdir() if v.is_dir())]:
+    removed_staged = False
+    for folder in [model, *(v for v in model.iterdir() if _real_dir(v))]:
         for entry in folder.iterdir():
+            if not stat.S_ISREG(entry.lstat().st_mode):
+                continue  # the repository writes regular files only; links stay as they are
             if entry.name.startswith(BACKUP_PREFIX):
                 original = entry.with_name(entry.name.removeprefix(BACKUP_PREFIX))
                 if original.exists() and os.path.samefile(entry, original):
@@ -208,14 +251,25 @@ def _recover_model(model: Path) -> list[Path]:
                     restored.append(original)
                     log.warning("restored %s from an interrupted change", original)
                 fsync_dir(folder)
-            elif entry.name.startswith(TEMP_PREFIX) and entry.is_file():
+            elif entry.name.startswith(TEMP_PREFIX):
+                if entry.name.startswith(STAGED_PREFIX):
+                    # Uploads are staged without the model's lock: check the file's own.
+                    if held_by_live_writer(entry):
+                        continue
+                    removed_staged = True
                 entry.unlink()
         if folder != model and folder.name.isdigit():
-            with contextlib.suppress(OSError):  # not empty: a real version
-                folder.rmdir()
-                fsync_dir(model)
-                log.warning("removed %s, left empty by an interrupted change", folder)
+            _remove_empty_logged(folder, model)
+    if removed_staged:  # a model folder made for an upload that never finished
+        _remove_empty_logged(model, model.parent)
     return restored
+
+
+def _remove_empty_logged(folder: Path, parent: Path) -> None:
+    with contextlib.suppress(OSError):  # not empty: a real version or model
+        folder.rmdir()
+        fsync_dir(parent)
+        log.warning("removed %s, left empty by an interrupted change", folder)
 
 
 def _remove_empty(folder: Path) -> None:

@@ -208,8 +208,8 @@ def test_uploads_over_max_concurrent_uploads(limited: Limited) -> None:
     ]
 
     def writing(name: str) -> bool:
-        folder = limited.repository / name / "1"
-        return folder.is_dir() and any(p.name.startswith(".tmp-") for p in folder.iterdir())
+        folder = limited.repository / name
+        return folder.is_dir() and any(p.name.startswith(".tmp-") for p in folder.rglob("*"))
 
     wait_for(lambda: writing("held1") and writing("held2"), "both held uploads to start writing")
     code, message = status_of(
