@@ -5,6 +5,7 @@ One recording call updates both, so `/metrics` and the ModelStatistics RPC never
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -131,8 +132,21 @@ class ServerMetrics:
             (*labels, "state"),
             registry=registry,
         )
+        # Every metric labelled by version, but the state (see set_state).
+        self._version_metrics: tuple[Counter | Gauge | Histogram, ...] = (
+            self.requests,
+            self.request_latency,
+            self.queue_latency,
+            self.compute_input_latency,
+            self.compute_infer_latency,
+            self.compute_output_latency,
+            self.batch_size,
+            self.instance_executions,
+            self.pending,
+        )
         self._stats: dict[tuple[str, str], VersionStats] = {}
         self._bound: dict[tuple[str, str], VersionMetrics] = {}
+        self._state_version: dict[str, str] = {}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -152,9 +166,33 @@ class ServerMetrics:
             return dict(self._stats)
 
     def set_state(self, model: str, version: str, state: str) -> None:
-        """Mark the state of a model version (one of MODEL_STATES, or "" once it is gone)."""
+        """Mark the state of a model's current version (one of MODEL_STATES).
+
+        A model has state series for one version only: the one it serves, is loading, or
+        last served. An unloaded model keeps them, UNAVAILABLE at 1, so alerts on a model that
+        went away still see it; the series of every other version are removed.
+        """
+        with self._lock:
+            previous = self._state_version.get(model)
+            self._state_version[model] = version
+        if previous is not None and previous != version:
+            for s in MODEL_STATES:
+                with contextlib.suppress(KeyError):
+                    self.model_state.remove(model, previous, s)
         for s in MODEL_STATES:
             self.model_state.labels(model, version, s).set(1 if s == state else 0)
+
+    def drop_version(self, model: str, version: str) -> None:
+        """Forget a version that stopped serving: its series (but the state's) and statistics.
+
+        Without this every version ever loaded would stay in /metrics and in ModelStatistics.
+        """
+        labels = {"model": model, "version": version}
+        for metric in self._version_metrics:
+            metric.remove_by_labels(labels)
+        with self._lock:
+            self._stats.pop((model, version), None)
+            self._bound.pop((model, version), None)
 
     def version(self, model: str, version: str) -> VersionMetrics:
         """The metrics of one model version, bound once so recording skips label lookups."""

@@ -133,6 +133,7 @@ class ModelManager:
             await serving.close(drain=True)
             record.serving = None
             self._set_state(record, ModelState.UNAVAILABLE, "unloaded", str(serving.version))
+            self._metrics.drop_version(name, str(serving.version))
 
     def get(self, name: str, version: str = "") -> ServingModel:
         """The serving model for a request; NotFound or Unavailable with the reason."""
@@ -207,6 +208,8 @@ class ModelManager:
             self._set_state(record, ModelState.READY, "", str(version))
             if previous is not None:
                 await previous.close(drain=True)
+                if previous.version != version:  # the same version shares its metrics
+                    self._metrics.drop_version(name, str(previous.version))
             return serving
         assert error is not None
         if previous is None:
