@@ -252,13 +252,17 @@ class ModelRepository:
             missing.append(current)
             current = current.parent
         created: list[Path] = []
-        for path in reversed(missing):
-            try:
-                path.mkdir()
-            except FileExistsError:
-                continue
-            created.append(path)
-            fsync_dir(path.parent)
+        try:
+            for path in reversed(missing):
+                try:
+                    path.mkdir()
+                except FileExistsError:
+                    continue
+                created.append(path)
+                fsync_dir(path.parent)
+        except BaseException:
+            remove_folders(created)  # a full disk can refuse the second folder
+            raise
         return created
 
 
