@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from trtserve.server.repository.repository import ModelRepository
+from trtserve.server.repository.staging import STAGED_PREFIX
 from trtserve.server.repository.transaction import (
     BACKUP_PREFIX,
     LOCKS_FOLDER,
@@ -109,3 +110,27 @@ fcntl.lockf(fd, fcntl.LOCK_EX)
 print("locked", flush=True)
 sys.stdin.read()
 """
+
+
+def test_upload_staged_by_a_live_server_is_left_alone(repository: ModelRepository) -> None:
+    """Uploads are staged without the model's lock; the staged file's own lock tells."""
+    model = repository.root / "new"
+    model.mkdir()
+    staged = model / f"{STAGED_PREFIX}1-model.onnx.abc"
+    staged.write_bytes(b"arriving")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(staged)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        recover_interrupted(repository)
+        assert staged.read_bytes() == b"arriving"
+    finally:
+        holder.communicate("")
+    # Its writer is gone: the file and the model folder made for it go.
+    recover_interrupted(repository)
+    assert not model.exists()
+    assert (repository.root / "m" / "1" / "model.onnx").read_bytes() == b"version 1"
