@@ -60,3 +60,13 @@ def test_malloc_keep_is_bounded() -> None:
     for bad in (-1, 2048):
         with pytest.raises(ValueError, match=f"malloc_keep_mb: expected 0 to 2047, received {bad}"):
             ServerSettings(malloc_keep_mb=bad)
+
+
+def test_upload_idle_timeout_from_file_and_environment(tmp_path: Path) -> None:
+    config = tmp_path / "trtserve.toml"
+    config.write_text("[server]\nupload_idle_timeout_s = 5\n")
+    assert load_settings(config, environ={}).upload_idle_timeout_s == 5.0
+    environ = {"TRTSERVE_UPLOAD_IDLE_TIMEOUT_S": "2.5"}
+    assert load_settings(config, environ).upload_idle_timeout_s == 2.5
+    with pytest.raises(ValueError, match="upload_idle_timeout_s: expected a positive"):
+        load_settings(environ={"TRTSERVE_UPLOAD_IDLE_TIMEOUT_S": "0"})
