@@ -74,6 +74,8 @@ class UploadServicer(tpb_grpc.ModelUploadServicer):
                 self._limits.max_upload_bytes,
             )
         )
+        # When the stream fails first, the writer's own error (the stream ended) is expected.
+        writer.add_done_callback(lambda done: done.cancelled() or done.exception())
         await _feed(request_iterator, chunks, writer)
         staged = await writer
         try:

@@ -42,20 +42,17 @@ LOCKS_FOLDER = ".locks"
 
 def _open_lock(repository: ModelRepository, name: str) -> int:
     folder = repository.root / LOCKS_FOLDER
+    path = folder / f"{name}.lock"
+    for link in (folder, path):  # creating the lock file would follow it out
+        if link.is_symlink():
+            raise FailedPrecondition(
+                f"model '{name}': {link}: expected a real lock folder and file inside the "
+                f"repository {repository.root}, received a symbolic link"
+            )
     with space_errors(repository.root, f"model '{name}' lock file"):
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{name}.lock"
-        try:
-            if folder.is_symlink():  # creating the lock file would follow it out
-                raise OSError(errno.ELOOP, "a symbolic link", str(folder))
-            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        except OSError as error:
-            if error.errno != errno.ELOOP:
-                raise
-            raise FailedPrecondition(
-                f"model '{name}': {error.filename}: expected a real lock file and folder inside "
-                f"the repository {repository.root}, received a symbolic link"
-            ) from None
+        # O_NOFOLLOW: a link made since the check above is refused too (ELOOP).
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
 
 
 def _try_lock(fd: int) -> bool:

@@ -28,7 +28,11 @@ from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.protocol import trtserve_pb2 as tpb
 from trtserve.server.errors import FailedPrecondition
 from trtserve.server.repository.repository import ModelRepository
-from trtserve.server.repository.transaction import LOCKS_FOLDER, RepositoryChange
+from trtserve.server.repository.transaction import (
+    LOCKS_FOLDER,
+    RepositoryChange,
+    recover_interrupted,
+)
 
 TIMEOUT_S = 30.0
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
@@ -127,3 +131,17 @@ def test_linked_lock_folder_is_refused(tmp_path: Path) -> None:
         change.write_file("1/model.onnx", b"new")
     assert os.listdir(tmp_path / "outside") == []
     assert (repository / "m" / "1" / "model.onnx").read_bytes() == add_constant_model(1.0)
+
+
+def test_linked_lock_file_is_refused(tmp_path: Path) -> None:
+    repository = tmp_path / "repository"
+    write_model(repository, "m", 1, add_constant_model(1.0))
+    (repository / LOCKS_FOLDER).mkdir()
+    target = tmp_path / "outside.txt"
+    target.write_bytes(b"not a lock")
+    (repository / LOCKS_FOLDER / "m.lock").symlink_to(target)
+    change = RepositoryChange(ModelRepository(repository), "m")
+    with pytest.raises(FailedPrecondition, match=r"m\.lock: expected a real lock"):
+        change.write_config_json("{}")
+    assert target.read_bytes() == b"not a lock"
+    assert recover_interrupted(ModelRepository(repository)) == []
