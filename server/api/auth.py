@@ -378,27 +378,58 @@ def _guarded(
     handler: Handler,
     check: Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[None]],
 ) -> Handler:
-    """The same handler, with `check` run first in the call's own context."""
+    """The same handler, with `check` run first in the call's own context.
+
+    A method with one request message is served as a request-streaming one: gRPC reads a
+    unary request before the handler starts, but a stream message only when the handler asks,
+    so a refused caller's message is never read (at most the flow-control window is buffered).
+    """
     codecs = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            _checked_call(handler.unary_unary, check), **codecs
+        return grpc.stream_unary_rpc_method_handler(
+            _checked_call(_one_request(handler.unary_unary), check), **codecs
         )
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(
             _checked_call(handler.stream_unary, check), **codecs
         )
     if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            _checked_stream(handler.unary_stream, check), **codecs
+        return grpc.stream_stream_rpc_method_handler(
+            _checked_stream(_one_request(handler.unary_stream), check), **codecs
         )
     assert handler.stream_stream is not None, "a method handler has one behaviour"
     return grpc.stream_stream_rpc_method_handler(
         _checked_stream(handler.stream_stream, check), **codecs
     )
+
+
+def _one_request(inner: Behaviour) -> Behaviour:
+    """A unary-request behaviour taking a request stream: it reads the one message first."""
+
+    async def first_message(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        request = await anext(requests, None)
+        if request is None:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "request: expected one request message, received none",
+            )
+        return request
+
+    if inspect.isasyncgenfunction(inner):
+
+        async def stream(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            async for reply in inner(await first_message(requests, context), context):
+                yield reply
+
+        return stream
+
+    async def call(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return await inner(await first_message(requests, context), context)
+
+    return call
 
 
 def _checked_call(

@@ -232,6 +232,56 @@ def test_default_ignores_tokens_it_was_not_given(no_credentials: Served) -> None
     assert status_of(load)[0] == grpc.StatusCode.PERMISSION_DENIED
 
 
+# --- refused before the message is read ------------------------------------------------------
+
+LOAD_METHOD = "/inference.GRPCInferenceService/RepositoryModelLoad"
+REFUSED_CALLS = 8
+REFUSED_MIB = 40
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise KeyError("VmRSS")
+
+
+@pytest.mark.parametrize(
+    ("fixture", "expected"),
+    [
+        ("with_tokens", grpc.StatusCode.UNAUTHENTICATED),
+        ("no_credentials", grpc.StatusCode.PERMISSION_DENIED),
+    ],
+)
+def test_large_refused_loads_are_not_held_by_the_server(
+    request: pytest.FixtureRequest, fixture: str, expected: grpc.StatusCode
+) -> None:
+    served: Served = request.getfixturevalue(fixture)
+    load = pb.RepositoryModelLoadRequest(model_name="refused_large")
+    load.parameters["file:1/model.onnx"].bytes_param = b"\0" * (REFUSED_MIB << 20)
+    data = load.SerializeToString()
+    before = rss_mib(served.process.process.pid)
+    with grpc.insecure_channel(
+        served.process.address, options=[("grpc.max_send_message_length", 64 << 20)]
+    ) as channel:
+        call = channel.unary_unary(LOAD_METHOD)
+        futures = [call.future(data, timeout=TIMEOUT_S) for _ in range(REFUSED_CALLS)]
+        codes = {status_of(f.result)[0] for f in futures}
+    assert codes == {expected}
+    # Read and parsed, each message would cost the server at least its own size (320 MiB in
+    # all); refused before reading, about the flow-control windows of the calls.
+    grown = rss_mib(served.process.process.pid) - before
+    assert grown < REFUSED_CALLS * REFUSED_MIB / 4, f"server RSS grew {grown:.0f} MiB"
+    assert not (served.repository / "refused_large").exists()
+
+
+def test_a_checked_unary_call_without_its_message_is_invalid(with_tokens: Served) -> None:
+    call = with_tokens.channel.stream_unary(LOAD_METHOD)
+    code, message = status_of(lambda: call(iter([]), metadata=bearer(ADMIN_TOKEN), timeout=5))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "expected one request message, received none" in message
+
+
 def listening_addresses(port: int) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     """Local addresses listening on TCP `port`, read from /proc/net/tcp and tcp6."""
     found: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
