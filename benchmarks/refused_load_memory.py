@@ -66,7 +66,7 @@ def measure(server: ServerUnderTest, calls: int, mib: int, settle_s: float) -> d
     codes: Counter[str] = Counter()
     started = time.monotonic()
     with grpc.insecure_channel(server.address, options=options) as channel:
-        call = channel.unary_unary(LOAD)
+        call = channel.unary_unary(LOAD, request_serializer=None, response_deserializer=None)
 
         def one(_: int) -> str:
             try:
