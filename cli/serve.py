@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from trtserve.server.logging_setup import configure_logging
     from trtserve.server.settings import ServerSettings, load_settings
     from trtserve.server.tls import TlsConfigError
+    from trtserve.server.transport import PortInUse
 
     overrides = {f.name: getattr(args, f.name) for f in fields(ServerSettings)}
     try:
@@ -67,6 +68,6 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         return asyncio.run(serve(settings))
-    except (AuthConfigError, TlsConfigError) as error:
+    except (AuthConfigError, TlsConfigError, PortInUse) as error:
         print(f"trtserve serve: {error}")
         return 2

@@ -60,3 +60,25 @@ def test_malloc_keep_is_bounded() -> None:
     for bad in (-1, 2048):
         with pytest.raises(ValueError, match=f"malloc_keep_mb: expected 0 to 2047, received {bad}"):
             ServerSettings(malloc_keep_mb=bad)
+
+
+def test_metrics_host_is_loopback_when_credentials_guard_grpc(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    assert ServerSettings(host="0.0.0.0").metrics_bind_host == "0.0.0.0"
+    assert ServerSettings(auth_tokens_file=tokens).metrics_bind_host == "127.0.0.1"
+    explicit = ServerSettings(auth_tokens_file=tokens, metrics_host="10.0.0.5")
+    assert explicit.metrics_bind_host == "10.0.0.5"
+    from_env = load_settings(environ={"TRTSERVE_METRICS_HOST": "::1"})
+    assert from_env.metrics_bind_host == "::1"
+
+
+def test_connection_settings_from_environment_and_their_checks() -> None:
+    settings = load_settings(
+        environ={"TRTSERVE_MAX_CONNECTIONS": "500", "TRTSERVE_KEEPALIVE_TIME_S": "30"}
+    )
+    assert settings.max_connections == 500 and settings.keepalive_time_s == 30.0
+    assert load_settings(environ={}).max_connections is None
+    with pytest.raises(ValueError, match="max_connections: expected a positive integer"):
+        ServerSettings(max_connections=0)
+    with pytest.raises(ValueError, match="handshake_timeout_s: expected a positive number"):
+        ServerSettings(handshake_timeout_s=0)

@@ -272,14 +272,21 @@ class AccessPolicy:
     def needs_check(self, method: str) -> bool:
         """False when every caller may call `method`: the handler then runs unwrapped."""
         needed = required_role(method)
-        return needed is not None and (self.anonymous is None or self.anonymous < needed)
+        return needed is not None and self.anonymous_lacks(needed)
+
+    def anonymous_lacks(self, role: Role) -> bool:
+        """Whether a caller without credentials lacks `role`."""
+        return self.anonymous is None or self.anonymous < role
 
     def authorize(self, method: str, caller: Caller) -> Role | None:
         """The caller's role, or Unauthenticated / PermissionDenied naming method and role."""
         needed = required_role(method)
         if needed is None:
             return None
-        shown = method.lstrip("/")
+        return self.require(needed, method.lstrip("/"), caller)
+
+    def require(self, needed: Role, shown: str, caller: Caller) -> Role:
+        """The caller's role if it has `needed`; else the errors of `authorize` naming `shown`."""
         roles = [r for r in (self._token_role(shown, caller), self._cert_role(caller)) if r]
         role = max(roles) if roles else self.anonymous
         if role is None:
