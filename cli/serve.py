@@ -19,7 +19,8 @@ folder and serves them: try `trtserve infer simple` in another shell.
 Access: without credentials, inference is open and load/unload/upload are refused. Give
 --auth-tokens-file (lines 'TOKEN ROLE', role infer or admin) and/or mutual TLS (--tls-cert,
 --tls-key, --tls-client-ca), or, on a single machine, --insecure-local-admin (binds to
-127.0.0.1). Health checks stay open.
+127.0.0.1). The overall health check stays open; with credentials, a model's health needs a
+token (role infer) and /metrics listens on 127.0.0.1 unless --metrics-host is given.
 """
 
 

@@ -2,8 +2,10 @@
 
 Roles: ``infer`` (inference and metadata) and ``admin`` (load, unload, upload; and so a runtime
 install, which only a load can trigger). ``admin`` may do everything ``infer`` may. Health
-checks, server reflection, ServerLive and ServerReady stay open: probes carry no credentials.
-A method this module does not list needs ``admin``, so a new RPC is closed until classified.
+checks, server reflection, ServerLive and ServerReady stay open: probes carry no credentials
+(``server.api.health`` guards a model's health). A method this module does not list needs
+``admin``, so a new RPC is closed until classified. The check runs before the request message
+is read, so a refused caller cannot make the server receive a large one.
 
 Credentials:
 
