@@ -66,6 +66,10 @@ def test_metrics_host_is_loopback_when_credentials_guard_grpc(tmp_path: Path) ->
     tokens = tmp_path / "tokens"
     assert ServerSettings(host="0.0.0.0").metrics_bind_host == "0.0.0.0"
     assert ServerSettings(auth_tokens_file=tokens).metrics_bind_host == "127.0.0.1"
+    pem = tmp_path / "x.pem"
+    mutual = ServerSettings(host="0.0.0.0", tls_cert=pem, tls_key=pem, tls_client_ca=pem)
+    assert mutual.metrics_bind_host == "127.0.0.1"
+    assert ServerSettings(tls_cert=pem, tls_key=pem).metrics_bind_host == "0.0.0.0"
     explicit = ServerSettings(auth_tokens_file=tokens, metrics_host="10.0.0.5")
     assert explicit.metrics_bind_host == "10.0.0.5"
     from_env = load_settings(environ={"TRTSERVE_METRICS_HOST": "::1"})
