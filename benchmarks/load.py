@@ -61,6 +61,8 @@ class LoadConfig:
     warmup_s: float = 1.0
     server_pid: int | None = None
     seed: int = 0
+    # Sent as 'authorization: Bearer TOKEN' when set.
+    token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -205,11 +207,14 @@ def _delta(
     return end[index] - start[index] if start is not None and end is not None else None
 
 
-async def _worker(stub: Any, request: pb.ModelInferRequest, window: _Window) -> None:
+async def _worker(
+    stub: Any, request: pb.ModelInferRequest, window: _Window, token: str | None
+) -> None:
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
     while not window.stopped:
         started = time.perf_counter_ns()
         try:
-            await stub.ModelInfer(request, timeout=REQUEST_TIMEOUT_S)
+            await stub.ModelInfer(request, timeout=REQUEST_TIMEOUT_S, metadata=metadata)
             error = None
         except grpc.aio.AioRpcError as e:
             error = e.code().name
@@ -256,7 +261,7 @@ async def run_load(config: LoadConfig) -> LoadResult:
         request = build_request(config.model, config.inputs, config.seed)
         window = _Window(config)
         workers = [
-            asyncio.create_task(_worker(stubs[i % len(stubs)], request, window))
+            asyncio.create_task(_worker(stubs[i % len(stubs)], request, window, config.token))
             for i in range(config.concurrency)
         ]
         clock = asyncio.create_task(_clock(config, window))
@@ -285,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, help="window length in requests (not seconds)")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds before the window")
     parser.add_argument("--server-pid", type=int, help="read this process's CPU time too")
+    parser.add_argument("--token", help="bearer token to send with every request")
     args = parser.parse_args(argv)
     config = LoadConfig(
         target=args.target,
@@ -296,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         requests=args.requests,
         warmup_s=args.warmup,
         server_pid=args.server_pid,
+        token=args.token,
     )
     # As `trtserve bench` does: large messages reuse freed memory (trtserve.protocol.allocator).
     reuse_freed_memory()

@@ -19,7 +19,8 @@ folder and serves them: try `trtserve infer simple` in another shell.
 Access: without credentials, inference is open and load/unload/upload are refused. Give
 --auth-tokens-file (lines 'TOKEN ROLE', role infer or admin) and/or mutual TLS (--tls-cert,
 --tls-key, --tls-client-ca), or, on a single machine, --insecure-local-admin (binds to
-127.0.0.1). Health checks stay open.
+127.0.0.1). The overall health check stays open; with credentials, a model's health needs a
+token (role infer) and /metrics listens on 127.0.0.1 unless --metrics-host is given.
 """
 
 
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from trtserve.server.logging_setup import configure_logging
     from trtserve.server.settings import ServerSettings, load_settings
     from trtserve.server.tls import TlsConfigError
+    from trtserve.server.transport import PortInUse
 
     overrides = {f.name: getattr(args, f.name) for f in fields(ServerSettings)}
     try:
@@ -67,6 +69,6 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         return asyncio.run(serve(settings))
-    except (AuthConfigError, TlsConfigError) as error:
+    except (AuthConfigError, TlsConfigError, PortInUse) as error:
         print(f"trtserve serve: {error}")
         return 2

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from trtserve.protocol import grpc_service_pb2, trtserve_pb2
 from trtserve.protocol.allocator import reuse_freed_memory
 from trtserve.server.api.auth import AccessGuard, AccessPolicy
+from trtserve.server.api.health import GuardedHealthServicer
 from trtserve.server.api.inference_servicer import InferenceServicer, ServingState
 from trtserve.server.api.registration import add_service
 from trtserve.server.api.upload_servicer import UploadServicer
@@ -37,11 +38,10 @@ from trtserve.server.runtime.lean_store import LeanStore
 from trtserve.server.runtime.trust import TrustPolicy
 from trtserve.server.settings import LOOPBACK_HOSTS, ServerSettings
 from trtserve.server.tls import server_credentials
+from trtserve.server.transport import bind_grpc, connection_limit, server_options, start_metrics
 
 log = logging.getLogger(__name__)
 
-# grpcio-health-checking's asyncio servicer is missing from the type stubs.
-AsyncHealthServicer = health.aio.HealthServicer  # type: ignore[attr-defined]
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -180,7 +180,7 @@ async def start_server(
         default_max_queue_size=settings.max_queue_size,
     )
     state = ServingState()
-    health_servicer = AsyncHealthServicer()
+    health_servicer = GuardedHealthServicer(policy)
     loop = asyncio.get_running_loop()
 
     health_updates: set[asyncio.Task[None]] = set()
@@ -192,18 +192,18 @@ async def start_server(
         task.add_done_callback(health_updates.discard)
 
     manager.on_state_change = on_state_change
-    max_bytes = settings.max_message_mb * 1024 * 1024
     limits = request_limits(settings)
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", max_bytes),
-            ("grpc.max_send_message_length", max_bytes),
-        ],
+    connections = connection_limit(settings)
+    log.info(
+        "accepting up to %d gRPC connections (open-file limit %d)",
+        connections.max_connections,
+        connections.fd_limit,
     )
+    server = grpc.aio.server(options=server_options(settings, connections))
     inference_service = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     upload_service = trtserve_pb2.DESCRIPTOR.services_by_name["ModelUpload"]
-    # Health and reflection are open to every caller (probes carry no credentials); the
-    # services below have each method wrapped by the access policy once, here.
+    # Reflection and the overall health are open to every caller (probes carry no
+    # credentials); the services below have each method wrapped by the access policy once, here.
     guard = AccessGuard(policy).wrap
     add_service(
         server,
@@ -222,11 +222,7 @@ async def start_server(
         ),
         server,
     )
-    address = f"{settings.bind_host}:{settings.grpc_port}"
-    if credentials is not None:
-        grpc_port = server.add_secure_port(address, credentials)
-    else:
-        grpc_port = server.add_insecure_port(address)
+    grpc_port = bind_grpc(server, f"{settings.bind_host}:{settings.grpc_port}", credentials)
     metrics_port = _start_metrics(settings, registry)
     await server.start()
     await manager.load_all()
@@ -248,10 +244,10 @@ async def start_server(
 def _start_metrics(settings: ServerSettings, registry: CollectorRegistry) -> int:
     if settings.metrics_port < 0:
         return -1
-    http_server, _thread = start_http_server(
-        settings.metrics_port, addr=settings.bind_host, registry=registry
-    )
-    return int(http_server.server_port)
+    host = settings.metrics_bind_host
+    if host != settings.bind_host:
+        log.info("metrics on %s (model names are in its labels; see --metrics-host)", host)
+    return start_metrics(host, settings.metrics_port, registry)
 
 
 async def serve(settings: ServerSettings) -> int:
@@ -269,7 +265,7 @@ async def serve(settings: ServerSettings) -> int:
     print(
         f"trtserve: serving gRPC on {settings.bind_host}:{running.grpc_port}"
         f"{' (TLS)' if settings.tls_cert is not None else ''}, "
-        f"metrics on {settings.bind_host}:{running.metrics_port}, models {ready}",
+        f"metrics on {settings.metrics_bind_host}:{running.metrics_port}, models {ready}",
         flush=True,
     )
     await stop.wait()

@@ -29,6 +29,39 @@ class ServerSettings:
     metrics_port: int = field(
         default=8002, metadata={"help": "Prometheus /metrics HTTP port (0 picks one, -1 disables)"}
     )
+    metrics_host: str | None = field(
+        default=None,
+        metadata={
+            "help": "address to bind /metrics to (its labels name every model); default: host, "
+            "or 127.0.0.1 when bearer tokens or mutual TLS are configured"
+        },
+    )
+    max_connections: int | None = field(
+        default=None,
+        metadata={
+            "help": "most TCP connections the gRPC port holds at once, more are closed as they "
+            "arrive; default: the open-file limit (raised to its hard limit at start) less 256 "
+            "kept for model files, or half of it when that is lower"
+        },
+    )
+    handshake_timeout_s: float = field(
+        default=10.0,
+        metadata={
+            "help": "seconds a new connection gets to complete its TLS and HTTP/2 handshake "
+            "before it is closed (a silent socket holds a connection slot until then)"
+        },
+    )
+    keepalive_time_s: float = field(
+        default=60.0,
+        metadata={
+            "help": "seconds without traffic after which the server pings a client, to find "
+            "dead or frozen peers"
+        },
+    )
+    keepalive_timeout_s: float = field(
+        default=20.0,
+        metadata={"help": "seconds a client gets to answer a keepalive ping before it is closed"},
+    )
     repository: Path | None = field(
         default=None,
         metadata={"help": "model repository folder; none serves the built-in example models"},
@@ -158,15 +191,24 @@ class ServerSettings:
                 f"setting malloc_keep_mb: expected 0 to {MALLOC_KEEP_MB_MAX}, received "
                 f"{self.malloc_keep_mb}"
             )
-        if not self.upload_idle_timeout_s > 0:
-            raise ValueError(
-                "setting upload_idle_timeout_s: expected a positive number of seconds, "
-                f"received {self.upload_idle_timeout_s}"
-            )
-        for name in ("max_tensor_elements", "max_concurrent_uploads", "max_upload_mb"):
+        positive = ["max_tensor_elements", "max_concurrent_uploads", "max_upload_mb"]
+        if self.max_connections is not None:
+            positive.append("max_connections")
+        for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(
                     f"setting {name}: expected a positive integer, received {getattr(self, name)}"
+                )
+        for name in (
+            "upload_idle_timeout_s",
+            "handshake_timeout_s",
+            "keepalive_time_s",
+            "keepalive_timeout_s",
+        ):
+            if not getattr(self, name) > 0:
+                raise ValueError(
+                    f"setting {name}: expected a positive number of seconds, received "
+                    f"{getattr(self, name)}"
                 )
 
     @property
@@ -175,6 +217,15 @@ class ServerSettings:
         if self.insecure_local_admin and self.host not in LOOPBACK_HOSTS:
             return "127.0.0.1"
         return self.host
+
+    @property
+    def metrics_bind_host(self) -> str:
+        """Where /metrics listens: metrics_host, else loopback when credentials guard gRPC."""
+        if self.metrics_host:
+            return self.metrics_host
+        if self.auth_tokens_file is not None or self.tls_client_ca is not None:
+            return "127.0.0.1"
+        return self.bind_host
 
 
 def env_name(name: str) -> str:
@@ -198,6 +249,8 @@ def _convert(f: dataclasses.Field[Any], value: Any) -> Any:
         return str(value).strip().lower() in ("1", "true", "yes", "on")
     if kind == "int":
         return int(value)
+    if kind == "int | None":
+        return int(value) if value not in (None, "") else None
     if kind == "float":
         return float(value)
     return str(value)

@@ -70,3 +70,29 @@ def test_upload_idle_timeout_from_file_and_environment(tmp_path: Path) -> None:
     assert load_settings(config, environ).upload_idle_timeout_s == 2.5
     with pytest.raises(ValueError, match="upload_idle_timeout_s: expected a positive"):
         load_settings(environ={"TRTSERVE_UPLOAD_IDLE_TIMEOUT_S": "0"})
+
+
+def test_metrics_host_is_loopback_when_credentials_guard_grpc(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    assert ServerSettings(host="0.0.0.0").metrics_bind_host == "0.0.0.0"
+    assert ServerSettings(auth_tokens_file=tokens).metrics_bind_host == "127.0.0.1"
+    pem = tmp_path / "x.pem"
+    mutual = ServerSettings(host="0.0.0.0", tls_cert=pem, tls_key=pem, tls_client_ca=pem)
+    assert mutual.metrics_bind_host == "127.0.0.1"
+    assert ServerSettings(tls_cert=pem, tls_key=pem).metrics_bind_host == "0.0.0.0"
+    explicit = ServerSettings(auth_tokens_file=tokens, metrics_host="10.0.0.5")
+    assert explicit.metrics_bind_host == "10.0.0.5"
+    from_env = load_settings(environ={"TRTSERVE_METRICS_HOST": "::1"})
+    assert from_env.metrics_bind_host == "::1"
+
+
+def test_connection_settings_from_environment_and_their_checks() -> None:
+    settings = load_settings(
+        environ={"TRTSERVE_MAX_CONNECTIONS": "500", "TRTSERVE_KEEPALIVE_TIME_S": "30"}
+    )
+    assert settings.max_connections == 500 and settings.keepalive_time_s == 30.0
+    assert load_settings(environ={}).max_connections is None
+    with pytest.raises(ValueError, match="max_connections: expected a positive integer"):
+        ServerSettings(max_connections=0)
+    with pytest.raises(ValueError, match="handshake_timeout_s: expected a positive number"):
+        ServerSettings(handshake_timeout_s=0)

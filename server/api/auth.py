@@ -2,8 +2,10 @@
 
 Roles: ``infer`` (inference and metadata) and ``admin`` (load, unload, upload; and so a runtime
 install, which only a load can trigger). ``admin`` may do everything ``infer`` may. Health
-checks, server reflection, ServerLive and ServerReady stay open: probes carry no credentials.
-A method this module does not list needs ``admin``, so a new RPC is closed until classified.
+checks, server reflection, ServerLive and ServerReady stay open: probes carry no credentials
+(``server.api.health`` guards a model's health). A method this module does not list needs
+``admin``, so a new RPC is closed until classified. The check runs before the request message
+is read, so a refused caller cannot make the server receive a large one.
 
 Credentials:
 
@@ -272,14 +274,21 @@ class AccessPolicy:
     def needs_check(self, method: str) -> bool:
         """False when every caller may call `method`: the handler then runs unwrapped."""
         needed = required_role(method)
-        return needed is not None and (self.anonymous is None or self.anonymous < needed)
+        return needed is not None and self.anonymous_lacks(needed)
+
+    def anonymous_lacks(self, role: Role) -> bool:
+        """Whether a caller without credentials lacks `role`."""
+        return self.anonymous is None or self.anonymous < role
 
     def authorize(self, method: str, caller: Caller) -> Role | None:
         """The caller's role, or Unauthenticated / PermissionDenied naming method and role."""
         needed = required_role(method)
         if needed is None:
             return None
-        shown = method.lstrip("/")
+        return self.require(needed, method.lstrip("/"), caller)
+
+    def require(self, needed: Role, shown: str, caller: Caller) -> Role:
+        """The caller's role if it has `needed`; else the errors of `authorize` naming `shown`."""
         roles = [r for r in (self._token_role(shown, caller), self._cert_role(caller)) if r]
         role = max(roles) if roles else self.anonymous
         if role is None:
@@ -378,27 +387,58 @@ def _guarded(
     handler: Handler,
     check: Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[None]],
 ) -> Handler:
-    """The same handler, with `check` run first in the call's own context."""
+    """The same handler, with `check` run first in the call's own context.
+
+    A method with one request message is served as a request-streaming one: gRPC reads a
+    unary request before the handler starts, but a stream message only when the handler asks,
+    so a refused caller's message is never read (at most the flow-control window is buffered).
+    """
     codecs = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            _checked_call(handler.unary_unary, check), **codecs
+        return grpc.stream_unary_rpc_method_handler(
+            _checked_call(_one_request(handler.unary_unary), check), **codecs
         )
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(
             _checked_call(handler.stream_unary, check), **codecs
         )
     if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            _checked_stream(handler.unary_stream, check), **codecs
+        return grpc.stream_stream_rpc_method_handler(
+            _checked_stream(_one_request(handler.unary_stream), check), **codecs
         )
     assert handler.stream_stream is not None, "a method handler has one behaviour"
     return grpc.stream_stream_rpc_method_handler(
         _checked_stream(handler.stream_stream, check), **codecs
     )
+
+
+def _one_request(inner: Behaviour) -> Behaviour:
+    """A unary-request behaviour taking a request stream: it reads the one message first."""
+
+    async def first_message(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        request = await anext(requests, None)
+        if request is None:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "request: expected one request message, received none",
+            )
+        return request
+
+    if inspect.isasyncgenfunction(inner):
+
+        async def stream(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            async for reply in inner(await first_message(requests, context), context):
+                yield reply
+
+        return stream
+
+    async def call(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return await inner(await first_message(requests, context), context)
+
+    return call
 
 
 def _checked_call(

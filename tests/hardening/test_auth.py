@@ -207,6 +207,50 @@ def test_health_reflection_and_liveness_stay_open_with_tokens(with_tokens: Serve
     assert_open_endpoints(with_tokens)
 
 
+def health_of(served: Served, service: str, metadata: Metadata | None = None) -> object:
+    health = health_pb2_grpc.HealthStub(served.channel)  # type: ignore[no-untyped-call]
+    request = health_pb2.HealthCheckRequest(service=service)
+    return lambda: health.Check(request, metadata=metadata, timeout=TIMEOUT_S)
+
+
+def test_model_health_needs_a_token_and_does_not_tell_which_models_exist(
+    with_tokens: Served,
+) -> None:
+    known = status_of(health_of(with_tokens, "add"))
+    unknown = status_of(health_of(with_tokens, "no_such_model"))
+    assert known[0] == unknown[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert known[1] == unknown[1] and "'infer'" in known[1] and "Bearer" in known[1]
+    bad = status_of(health_of(with_tokens, "add", bearer("x" * 20)))
+    assert bad[0] == grpc.StatusCode.UNAUTHENTICATED
+    health = health_pb2_grpc.HealthStub(with_tokens.channel)  # type: ignore[no-untyped-call]
+    watch = health.Watch(health_pb2.HealthCheckRequest(service="add"), timeout=TIMEOUT_S)
+    assert status_of(lambda: next(watch))[0] == grpc.StatusCode.UNAUTHENTICATED
+    # With a token, the answers are grpc's own; the overall service needs none.
+    assert status_of(health_of(with_tokens, "add", bearer(INFER_TOKEN))) == (
+        grpc.StatusCode.OK,
+        "",
+    )
+    assert (
+        status_of(health_of(with_tokens, "no_such_model", bearer(INFER_TOKEN)))[0]
+        == grpc.StatusCode.NOT_FOUND
+    )
+    assert status_of(health_of(with_tokens, "")) == (grpc.StatusCode.OK, "")
+
+
+def test_metrics_listen_on_loopback_when_tokens_are_on(tmp_path: Path, token_file: Path) -> None:
+    args = ["--host", "0.0.0.0", "--auth-tokens-file", str(token_file)]
+    guarded = start_server(args, local_admin=False)
+    try:
+        assert listening_addresses(guarded.metrics_port) == {ipaddress.ip_address("127.0.0.1")}
+        assert listening_addresses(guarded.grpc_port) & {
+            ipaddress.ip_address("0.0.0.0"),
+            ipaddress.ip_address("::"),
+        }
+        assert any("metrics on 127.0.0.1" in line for line in guarded.output)
+    finally:
+        assert guarded.terminate() == 0
+
+
 # --- no credentials configured --------------------------------------------------------------
 
 
@@ -227,9 +271,63 @@ def test_default_opens_inference_and_refuses_admin_calls(no_credentials: Served)
     assert_open_endpoints(no_credentials)
 
 
+def test_default_leaves_model_health_open(no_credentials: Served) -> None:
+    assert status_of(health_of(no_credentials, "add")) == (grpc.StatusCode.OK, "")
+
+
 def test_default_ignores_tokens_it_was_not_given(no_credentials: Served) -> None:
     load = admin_calls(no_credentials, bearer(ADMIN_TOKEN), "default_upload")["RepositoryModelLoad"]
     assert status_of(load)[0] == grpc.StatusCode.PERMISSION_DENIED
+
+
+# --- refused before the message is read ------------------------------------------------------
+
+LOAD_METHOD = "/inference.GRPCInferenceService/RepositoryModelLoad"
+REFUSED_CALLS = 8
+REFUSED_MIB = 40
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise KeyError("VmRSS")
+
+
+@pytest.mark.parametrize(
+    ("fixture", "expected"),
+    [
+        ("with_tokens", grpc.StatusCode.UNAUTHENTICATED),
+        ("no_credentials", grpc.StatusCode.PERMISSION_DENIED),
+    ],
+)
+def test_large_refused_loads_are_not_held_by_the_server(
+    request: pytest.FixtureRequest, fixture: str, expected: grpc.StatusCode
+) -> None:
+    served: Served = request.getfixturevalue(fixture)
+    load = pb.RepositoryModelLoadRequest(model_name="refused_large")
+    load.parameters["file:1/model.onnx"].bytes_param = b"\0" * (REFUSED_MIB << 20)
+    data = load.SerializeToString()
+    before = rss_mib(served.process.process.pid)
+    with grpc.insecure_channel(
+        served.process.address, options=[("grpc.max_send_message_length", 64 << 20)]
+    ) as channel:
+        call = channel.unary_unary(LOAD_METHOD)
+        futures = [call.future(data, timeout=TIMEOUT_S) for _ in range(REFUSED_CALLS)]
+        codes = {status_of(f.result)[0] for f in futures}
+    assert codes == {expected}
+    # Read and parsed, each message would cost the server at least its own size (320 MiB in
+    # all); refused before reading, about the flow-control windows of the calls.
+    grown = rss_mib(served.process.process.pid) - before
+    assert grown < REFUSED_CALLS * REFUSED_MIB / 4, f"server RSS grew {grown:.0f} MiB"
+    assert not (served.repository / "refused_large").exists()
+
+
+def test_a_checked_unary_call_without_its_message_is_invalid(with_tokens: Served) -> None:
+    call = with_tokens.channel.stream_unary(LOAD_METHOD)
+    code, message = status_of(lambda: call(iter([]), metadata=bearer(ADMIN_TOKEN), timeout=5))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "expected one request message, received none" in message
 
 
 def listening_addresses(port: int) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:

@@ -1,0 +1,117 @@
+"""How the server holds connections: its ports, the connection cap, keepalive, handshakes.
+
+- Ports are bound exclusively: grpc sets SO_REUSEPORT by default, so a second server started
+  on a port in use would silently share its connections. Here that start fails instead.
+- The gRPC port holds at most `max_connections` connections; each is a file descriptor, and a
+  flood of idle ones must not leave none for model files or for valid clients. Connections
+  that never finish their handshake are closed after `handshake_timeout_s`.
+- Keepalive pings find dead or frozen peers. Clients may ping too (every 10 s or more,
+  between calls too) without being disconnected for it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import resource
+from dataclasses import dataclass
+
+import grpc
+from prometheus_client import CollectorRegistry, start_http_server
+
+from trtserve.server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+# File descriptors kept free of connections for model files, uploads, pipes and threads.
+FD_RESERVE = 256
+# Clients' keepalive pings more often than this are answered with GOAWAY (grpc's default is
+# 5 minutes, which disconnects clients configured with a shorter keepalive).
+MIN_CLIENT_PING_INTERVAL_MS = 10_000
+
+
+class PortInUse(RuntimeError):
+    """A port the server was told to listen on cannot be bound; the message names it."""
+
+
+@dataclass(frozen=True)
+class ConnectionLimit:
+    """The connection cap and the file-descriptor limit it was derived from."""
+
+    max_connections: int
+    fd_limit: int
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft open-file limit to the hard one, as servers do; the soft limit after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as error:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, error)
+    return soft
+
+
+def connection_limit(settings: ServerSettings) -> ConnectionLimit:
+    """The cap on gRPC connections: the setting, or the fd limit less a reserve."""
+    fd_limit = raise_fd_limit()
+    derived = max(fd_limit - FD_RESERVE, fd_limit // 2)
+    if settings.max_connections is None:
+        return ConnectionLimit(derived, fd_limit)
+    if settings.max_connections > derived:
+        log.warning(
+            "max_connections %d leaves fewer than %d of the %d file descriptors for model files",
+            settings.max_connections,
+            fd_limit - derived,
+            fd_limit,
+        )
+    return ConnectionLimit(settings.max_connections, fd_limit)
+
+
+def server_options(settings: ServerSettings, limit: ConnectionLimit) -> list[tuple[str, int]]:
+    """grpc server options for message sizes and the connection behaviour above."""
+    max_bytes = settings.max_message_mb * 1024 * 1024
+    return [
+        ("grpc.max_receive_message_length", max_bytes),
+        ("grpc.max_send_message_length", max_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_allowed_incoming_connections", limit.max_connections),
+        ("grpc.server_handshake_timeout_ms", round(settings.handshake_timeout_s * 1000)),
+        ("grpc.keepalive_time_ms", round(settings.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", round(settings.keepalive_timeout_s * 1000)),
+        # grpc core (1.85) closes a connection whose ping goes unanswered after this one, not
+        # keepalive_timeout_ms (default one minute).
+        ("grpc.http2.ping_timeout_ms", round(settings.keepalive_timeout_s * 1000)),
+        # Ping idle connections too: a dead peer between calls still holds a descriptor.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+    ]
+
+
+def bind_grpc(
+    server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None
+) -> int:
+    """Add the gRPC port; its number, or PortInUse naming the address."""
+    try:
+        if credentials is not None:
+            return server.add_secure_port(address, credentials)
+        return server.add_insecure_port(address)
+    except RuntimeError as error:
+        raise PortInUse(
+            f"setting grpc_port: cannot listen on {address} (in use by another process, or "
+            f"not an address of this machine): {str(error).split(';')[0]}"
+        ) from None
+
+
+def start_metrics(host: str, port: int, registry: CollectorRegistry) -> int:
+    """Serve /metrics on host:port in a thread; the bound port, or PortInUse naming it."""
+    # prometheus_client's server sets SO_REUSEADDR only, which does not share a live listener.
+    try:
+        http_server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as error:
+        reason = "in use by another process" if error.errno == errno.EADDRINUSE else error
+        raise PortInUse(f"setting metrics_port: cannot listen on {host}:{port}: {reason}") from None
+    return int(http_server.server_port)
