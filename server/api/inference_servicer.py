@@ -13,7 +13,14 @@ import grpc
 
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.protocol import grpc_service_pb2_grpc as pb_grpc
-from trtserve.server.api.codec import decode_request, encode_response, encode_response_bytes
+from trtserve.server.api.codec import (
+    OFF_LOOP_ELEMENTS,
+    check_request,
+    decode_tensors,
+    encode_response,
+    encode_response_bytes,
+    many_objects,
+)
 from trtserve.server.api.registration import require_message
 from trtserve.server.api.statistics import model_statistics
 from trtserve.server.api.status import grpc_errors, outcome, status_code, status_message
@@ -276,11 +283,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # Stays "cancelled" when the client goes away and the task is cancelled mid-request.
         result = "cancelled"
         try:
-            inputs = decode_request(request, model, deadline, self._limits.max_tensor_elements)
+            checked = check_request(request, model, deadline, self._limits)
+            # Small raw requests decode inline (zero-copy, microseconds); a large BYTES or
+            # typed request would hold the loop for seconds, so a worker thread decodes it.
+            if checked.per_element > OFF_LOOP_ELEMENTS:
+                inputs = await asyncio.to_thread(decode_tensors, checked)
+            else:
+                inputs = decode_tensors(checked)
             batch_size = inputs.batch_size
             response = await model.scheduler.submit(inputs)
             queue_ns = response.queue_ns
-            reply = encode(request, model, response)
+            if many_objects(response):
+                reply = await asyncio.to_thread(encode, request, model, response)
+            else:
+                reply = encode(request, model, response)
             result = "success"
             return reply
         except ServerError as e:

@@ -199,27 +199,30 @@ def _tensor_spec(arg: Any, name: str, role: str) -> TensorSpec:
     return TensorSpec(arg.name, datatype, tuple(d if isinstance(d, int) else -1 for d in shape))
 
 
+def _utf8_text(item: object) -> str:
+    return item.decode("utf-8") if isinstance(item, bytes) else str(item)
+
+
+def _utf8_bytes(item: Any) -> bytes:
+    return item.encode("utf-8") if isinstance(item, str) else bytes(item)
+
+
+# Element-wise into a new object array: no intermediate list of as many references.
+_TO_TEXT = np.frompyfunc(_utf8_text, 1, 1)
+_TO_BYTES = np.frompyfunc(_utf8_bytes, 1, 1)
+
+
 def _string_array(model: str, tensor: str, array: np.ndarray) -> np.ndarray:
     # ORT takes str elements for string tensors; bytes elements would be stringified as "b'..'".
     try:
-        flat = [
-            item.decode("utf-8") if isinstance(item, bytes) else str(item)
-            for item in array.reshape(-1)
-        ]
+        return _TO_TEXT(array, out=np.empty(array.shape, dtype=np.object_))  # type: ignore[no-any-return]
     except UnicodeDecodeError as e:
         raise InvalidArgument(
             f"model '{model}': input '{tensor}': expected UTF-8 strings for an ONNX string "
             f"tensor, received bytes that are not UTF-8 ({e.reason} at byte {e.start})"
         ) from None
-    out = np.empty(len(flat), dtype=np.object_)
-    out[:] = flat
-    return out.reshape(array.shape)
 
 
 def _bytes_array(value: Any) -> np.ndarray:
     array = np.asarray(value, dtype=np.object_)
-    out = np.empty(array.size, dtype=np.object_)
-    out[:] = [
-        item.encode("utf-8") if isinstance(item, str) else bytes(item) for item in array.reshape(-1)
-    ]
-    return out.reshape(array.shape)
+    return _TO_BYTES(array, out=np.empty(array.shape, dtype=np.object_))  # type: ignore[no-any-return]
