@@ -7,7 +7,6 @@ received value; the server turns it into INVALID_ARGUMENT.
 
 from __future__ import annotations
 
-import struct
 import sys
 from collections.abc import Sequence
 from math import prod
@@ -15,11 +14,9 @@ from math import prod
 import numpy as np
 
 from trtserve.protocol import grpc_service_pb2 as pb
-from trtserve.protocol.bytes_elements import BytesDataError, split_elements
+from trtserve.protocol.bytes_elements import BytesDataError, join_elements, split_elements
 from trtserve.protocol.datatypes import Datatype, from_name
 from trtserve.protocol.packed_contents import FIXED_WIDTH, packed_values
-
-_LENGTH = struct.Struct("<I")
 
 
 class TensorDataError(ValueError):
@@ -33,12 +30,7 @@ def element_count(shape: Sequence[int]) -> int:
 
 def serialize_bytes(array: np.ndarray) -> bytes:
     """BYTES tensor to its raw form: each element as a 4-byte little-endian length + bytes."""
-    parts: list[bytes] = []
-    for item in array.reshape(-1):
-        data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
-        parts.append(_LENGTH.pack(len(data)))
-        parts.append(data)
-    return b"".join(parts)
+    return join_elements(array)
 
 
 def deserialize_bytes(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:

@@ -97,3 +97,30 @@ def test_more_elements_than_one_chunk_decode_in_order(width: int) -> None:
     for data in (items[:-1], items):
         decoded = tensors.deserialize_bytes("s", frame(data), len(data))
         assert list(decoded) == data
+
+
+def reference_serialize(array: np.ndarray) -> bytes:
+    """The encoder before join_elements: one struct call per element."""
+    parts: list[bytes] = []
+    for item in array.reshape(-1):
+        data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+        parts.append(_LENGTH.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(st.one_of(st.binary(max_size=12), st.text(max_size=6)), max_size=40))
+def test_serialize_matches_the_reference_and_round_trips(items: list[bytes | str]) -> None:
+    array = np.empty(len(items), dtype=np.object_)
+    array[:] = items
+    raw = tensors.serialize_bytes(array)
+    assert raw == reference_serialize(array)
+    decoded = tensors.deserialize_bytes("s", raw, len(items))
+    assert list(decoded) == [i.encode() if isinstance(i, str) else i for i in items]
+
+
+def test_serialize_more_elements_than_one_chunk() -> None:
+    array = np.empty(70_007, dtype=np.object_)
+    array[:] = [str(i).encode() for i in range(len(array))]
+    assert tensors.serialize_bytes(array.reshape(7, -1)) == reference_serialize(array)
