@@ -60,3 +60,13 @@ def test_malloc_keep_is_bounded() -> None:
     for bad in (-1, 2048):
         with pytest.raises(ValueError, match=f"malloc_keep_mb: expected 0 to 2047, received {bad}"):
             ServerSettings(malloc_keep_mb=bad)
+
+
+def test_max_bytes_elements_from_file_and_environment(tmp_path: Path) -> None:
+    config = tmp_path / "trtserve.toml"
+    config.write_text("[server]\nmax_bytes_elements = 1000\n")
+    assert load_settings(config, environ={}).max_bytes_elements == 1000
+    environ = {"TRTSERVE_MAX_BYTES_ELEMENTS": "2000"}
+    assert load_settings(config, environ).max_bytes_elements == 2000
+    with pytest.raises(ValueError, match="max_bytes_elements: expected a positive integer"):
+        ServerSettings(max_bytes_elements=0)
