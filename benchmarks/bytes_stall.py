@@ -2,7 +2,8 @@
 
 Starts `trtserve serve` on loopback with two identity models (`bytes_id`: BYTES [-1],
 `fp32_id`: FP32 [-1]), then runs each scenario while a prober thread calls ServerLive
-back to back (each with a 30 s deadline) and a sampler reads the server's RSS every 10 ms:
+back to back (each with a 30 s deadline: one unanswered counts as a 30 s stall) and a
+sampler reads the server's RSS every 10 ms:
 
 - `bytes`: one request of `--elements` one-byte BYTES elements, raw (about 57 MiB at 12 M);
 - `bytes x3`: three of them at once;
@@ -44,6 +45,7 @@ from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.protocol import grpc_service_pb2_grpc as pb_grpc
 
 CALL_TIMEOUT_S = 120.0
+LIVE_TIMEOUT_S = 30.0
 MIB = 1 << 20
 CONFIG = """\
 platform: "onnxruntime_onnx"
@@ -102,6 +104,7 @@ class Outcome:
     rss_after_mib: float
     worst_live_ms: float
     live_calls: int
+    live_failed: int
 
 
 class Watch:
@@ -113,6 +116,7 @@ class Watch:
         self.stop = threading.Event()
         self.worst_s = 0.0
         self.calls = 0
+        self.failed = 0
         self.peak_mib = server.rss_mib()
         self.threads = [
             threading.Thread(target=self._probe, daemon=True),
@@ -132,7 +136,11 @@ class Watch:
     def _probe(self) -> None:
         while not self.stop.is_set():
             started = time.perf_counter()
-            self.stub.ServerLive(pb.ServerLiveRequest(), timeout=30.0)
+            try:
+                self.stub.ServerLive(pb.ServerLiveRequest(), timeout=LIVE_TIMEOUT_S)
+            except grpc.RpcError:
+                # Unanswered within the deadline: counted, and its wait is the stall.
+                self.failed += 1
             self.worst_s = max(self.worst_s, time.perf_counter() - started)
             self.calls += 1
 
@@ -176,7 +184,15 @@ def scenario(
         time.sleep(1.0)
         after = server.rss_mib()
     return Outcome(
-        name, statuses, seconds, before, watch.peak_mib, after, watch.worst_s * 1e3, watch.calls
+        name,
+        statuses,
+        seconds,
+        before,
+        watch.peak_mib,
+        after,
+        watch.worst_s * 1e3,
+        watch.calls,
+        watch.failed,
     )
 
 
@@ -184,7 +200,8 @@ def report(outcome: Outcome) -> None:
     print(
         f"{outcome.name:24} {outcome.seconds:6.2f} s  rss before {outcome.rss_before_mib:7.0f} "
         f"peak {outcome.rss_peak_mib:7.0f} after {outcome.rss_after_mib:7.0f} MiB  "
-        f"worst ServerLive {outcome.worst_live_ms:7.1f} ms ({outcome.live_calls} calls)"
+        f"worst ServerLive {outcome.worst_live_ms:7.1f} ms ({outcome.live_calls} calls, "
+        f"{outcome.live_failed} unanswered in {LIVE_TIMEOUT_S:g} s)"
     )
     for text in sorted(set(outcome.statuses)):
         print(f"{'':26}{outcome.statuses.count(text)} x {text}")
