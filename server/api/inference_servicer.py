@@ -21,6 +21,7 @@ from trtserve.server.api.codec import (
     encode_response_bytes,
     many_objects,
 )
+from trtserve.server.api.heap_release import HeapRelease
 from trtserve.server.api.registration import require_message
 from trtserve.server.api.statistics import model_statistics
 from trtserve.server.api.status import grpc_errors, outcome, status_code, status_message
@@ -89,6 +90,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._state = state
         self._version = version
         self._limits = limits
+        self._heap_release = HeapRelease()
 
     @grpc_errors
     async def ServerLive(
@@ -282,11 +284,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         batch_size = 1
         # Stays "cancelled" when the client goes away and the task is cancelled mid-request.
         result = "cancelled"
+        # Whether decoding or encoding built objects per element (see HeapRelease).
+        many = False
         try:
             checked = check_request(request, model, deadline, self._limits)
             # Small raw requests decode inline (zero-copy, microseconds); a large BYTES or
             # typed request would hold the loop for seconds, so a worker thread decodes it.
             if checked.per_element > OFF_LOOP_ELEMENTS:
+                many = True
                 inputs = await asyncio.to_thread(decode_tensors, checked)
             else:
                 inputs = decode_tensors(checked)
@@ -294,6 +299,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response = await model.scheduler.submit(inputs)
             queue_ns = response.queue_ns
             if many_objects(response):
+                many = True
                 reply = await asyncio.to_thread(encode, request, model, response)
             else:
                 reply = encode(request, model, response)
@@ -310,6 +316,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             model.metrics.record_request(
                 result, time.perf_counter_ns() - started, queue_ns, batch_size
             )
+            if many:
+                self._heap_release.after_request()
 
 
 def _required(value: str, field: str) -> str:

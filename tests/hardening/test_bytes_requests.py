@@ -19,9 +19,9 @@ from onnx import TensorProto
 from prometheus_client import CollectorRegistry
 from tiny_models import write_identity_model
 
+from trtserve.protocol import allocator, tensors
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.protocol import grpc_service_pb2_grpc as pb_grpc
-from trtserve.protocol import tensors
 from trtserve.server.api.codec import OFF_LOOP_ELEMENTS
 from trtserve.server.app import RunningServer, start_server
 from trtserve.server.settings import ServerSettings
@@ -201,3 +201,20 @@ def test_a_large_bytes_encode_leaves_the_event_loop_free(
     items = [item for item in items if not item.endswith(b"\xc3")]
     reply = live_while_held(served, text_request(items), "serialize_bytes", monkeypatch)
     assert text_output(reply) == items
+
+
+def test_a_large_bytes_request_releases_its_freed_memory(
+    served: InProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    released = threading.Event()
+    seen_threads: list[str] = []
+
+    def release() -> bool:
+        seen_threads.append(threading.current_thread().name)
+        released.set()
+        return True
+
+    monkeypatch.setattr(allocator, "release_freed_memory", release)
+    served.stub.ModelInfer(text_request([b"y"] * LARGE), timeout=TIMEOUT_S)
+    assert released.wait(TIMEOUT_S)
+    assert "server-loop" not in seen_threads
