@@ -200,7 +200,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         try:
-            return await self._infer(request, deadline, encode_response_bytes)
+            return await self._infer(request, deadline, encode_response_bytes, context)
         except ServerError as error:
             await context.abort(status_code(error), status_message(error))
             raise  # unreachable: abort raises
@@ -261,15 +261,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         request: pb.ModelInferRequest,
         deadline: float | None,
         encode: Callable[[pb.ModelInferRequest, ServingModel, InferenceResponse], Reply],
+        context: grpc.aio.ServicerContext[Any, Any] | None = None,
     ) -> Reply:
         with self._state.track():
-            return await self._infer_tracked(request, deadline, encode)
+            return await self._infer_tracked(request, deadline, encode, context)
 
     async def _infer_tracked(
         self,
         request: pb.ModelInferRequest,
         deadline: float | None,
         encode: Callable[[pb.ModelInferRequest, ServingModel, InferenceResponse], Reply],
+        context: grpc.aio.ServicerContext[Any, Any] | None,
     ) -> Reply:
         started = time.perf_counter_ns()
         request = require_message(request)
@@ -317,7 +319,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 result, time.perf_counter_ns() - started, queue_ns, batch_size
             )
             if many:
-                self._heap_release.after_request()
+                self._release_after(context)
+
+    def _release_after(self, context: grpc.aio.ServicerContext[Any, Any] | None) -> None:
+        """Release freed memory once the call is over (gRPC frees the messages only then)."""
+        if context is None:
+            self._heap_release.after_request()
+        else:
+            # grpc-stubs types the callback as a class, where grpc takes any callable.
+            context.add_done_callback(self._call_done)  # type: ignore[arg-type]
+
+    def _call_done(self, context: object) -> None:
+        self._heap_release.after_request()
 
 
 def _required(value: str, field: str) -> str:
