@@ -62,7 +62,7 @@ def check_request(
     _check_raw_layout(headers, raw)
     _check_input_names(headers, model)
     per_element = 0
-    bytes_counts: dict[str, int] = {}
+    bytes_counts: dict[str, int] | None = None
     for header in headers:
         spec = model.inputs[header.name]
         _check_datatype(model.name, header.name, spec, header.datatype)
@@ -73,6 +73,7 @@ def check_request(
         if count == 0:
             check_dimensions(model.name, header.name, header.shape, limits.max_tensor_elements)
         if header.datatype == "BYTES":
+            bytes_counts = bytes_counts or {}
             bytes_counts[header.name] = count
             per_element += count
         elif not raw:
@@ -85,10 +86,9 @@ def check_request(
 def decode_tensors(checked: CheckedRequest) -> InferenceRequest:
     """Decode the tensors of a checked request (zero-copy when raw numeric)."""
     request, model, headers, raw = checked.request, checked.model, checked.headers, checked.raw
-    arrays = {
-        header.name: _decode_tensor(request, index, header, raw)
-        for index, header in enumerate(headers)
-    }
+    arrays: dict[str, np.ndarray] = {}
+    for index, header in enumerate(headers):
+        arrays[header.name] = _decode_tensor(request, index, header, raw)
     batch_size = _batch_size(model, headers)
     return InferenceRequest(arrays, _output_names(request, model), batch_size, checked.deadline)
 
