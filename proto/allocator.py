@@ -47,3 +47,23 @@ def reuse_freed_memory(keep_bytes: int = DEFAULT_KEEP_BYTES) -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_ALLOCATIONS_UP_TO)) and bool(
         mallopt(_M_TRIM_THRESHOLD, keep_bytes)
     )
+
+
+def release_freed_memory() -> bool:
+    """Give the free pages inside the C heap back to the OS (glibc's malloc_trim).
+
+    Millions of small objects freed together leave holes in the heap that the top-of-heap trim
+    never returns: 2 M one-byte BYTES elements decoded and encoded again kept 40 MiB resident.
+    Runs without the interpreter lock (ctypes releases it). False where the C library is not
+    glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes = (ctypes.c_size_t,)
+    malloc_trim.restype = ctypes.c_int
+    malloc_trim(0)
+    return True

@@ -7,7 +7,6 @@ received value; the server turns it into INVALID_ARGUMENT.
 
 from __future__ import annotations
 
-import struct
 import sys
 from collections.abc import Sequence
 from math import prod
@@ -15,9 +14,9 @@ from math import prod
 import numpy as np
 
 from trtserve.protocol import grpc_service_pb2 as pb
+from trtserve.protocol.bytes_elements import BytesDataError, join_elements, split_elements
 from trtserve.protocol.datatypes import Datatype, from_name
-
-_LENGTH = struct.Struct("<I")
+from trtserve.protocol.packed_contents import FIXED_WIDTH, packed_values
 
 
 class TensorDataError(ValueError):
@@ -31,40 +30,15 @@ def element_count(shape: Sequence[int]) -> int:
 
 def serialize_bytes(array: np.ndarray) -> bytes:
     """BYTES tensor to its raw form: each element as a 4-byte little-endian length + bytes."""
-    parts: list[bytes] = []
-    for item in array.reshape(-1):
-        data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
-        parts.append(_LENGTH.pack(len(data)))
-        parts.append(data)
-    return b"".join(parts)
+    return join_elements(array)
 
 
 def deserialize_bytes(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
     """Raw BYTES tensor data to a flat object array of `count` bytes elements."""
-    view = memoryview(raw)
-    out = np.empty(count, dtype=np.object_)
-    offset = 0
-    for i in range(count):
-        if offset + 4 > len(view):
-            raise TensorDataError(
-                f"input '{name}': BYTES data holds fewer elements than its shape needs: "
-                f"expected {count}, received {i}"
-            )
-        (length,) = _LENGTH.unpack_from(view, offset)
-        offset += 4
-        if offset + length > len(view):
-            raise TensorDataError(
-                f"input '{name}': BYTES element {i} declares {length} bytes, "
-                f"only {len(view) - offset} remain"
-            )
-        out[i] = bytes(view[offset : offset + length])
-        offset += length
-    if offset != len(view):
-        raise TensorDataError(
-            f"input '{name}': BYTES data has {len(view) - offset} bytes after the "
-            f"{count} elements its shape declares"
-        )
-    return out
+    try:
+        return split_elements(name, raw, count)
+    except BytesDataError as error:
+        raise TensorDataError(str(error)) from None
 
 
 def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> np.ndarray:
@@ -100,9 +74,13 @@ def from_contents(
             f"{list(shape)}, received {len(values)}"
         )
     if dt.name == "BYTES":
-        array = np.empty(count, dtype=np.object_)
-        array[:] = list(values)
-        return array.reshape(tuple(shape))
+        return np.fromiter(values, dtype=np.object_, count=count).reshape(tuple(shape))
+    packed = (
+        packed_values(contents, dt.contents_field) if dt.contents_field in FIXED_WIDTH else None
+    )
+    if packed is not None:
+        # Fixed-width values are the tensor's own type: no range to check.
+        return packed.astype(dt.dtype, copy=False).reshape(tuple(shape))
     wide = np.asarray(values, dtype=dt.contents_dtype)
     narrow = wide.astype(dt.dtype)
     if dt.contents_dtype != dt.dtype and not np.array_equal(narrow, wide):

@@ -145,6 +145,7 @@ def request_limits(settings: ServerSettings) -> RequestLimits:
         max_upload_bytes=settings.max_upload_mb * 1024 * 1024,
         max_concurrent_uploads=settings.max_concurrent_uploads,
         upload_idle_timeout_s=settings.upload_idle_timeout_s,
+        max_bytes_elements=settings.max_bytes_elements,
     )
 
 

@@ -7,11 +7,11 @@ excess instead would turn a burst into memory growth.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from math import prod
 
-from trtserve.server.errors import ResourceExhausted
+from trtserve.server.errors import InvalidArgument, ResourceExhausted
 
 
 class ConcurrencyLimit:
@@ -50,7 +50,8 @@ class RequestLimits:
     max_tensor_elements: int
     max_upload_bytes: int
     uploads: ConcurrencyLimit
-    upload_idle_timeout_s: float = 30.0
+    max_bytes_elements: int
+    upload_idle_timeout_s: float
 
     @classmethod
     def create(
@@ -58,22 +59,59 @@ class RequestLimits:
         max_tensor_elements: int,
         max_upload_bytes: int,
         max_concurrent_uploads: int,
-        upload_idle_timeout_s: float = 30.0,
+        max_bytes_elements: int,
+        upload_idle_timeout_s: float,
     ) -> RequestLimits:
         """Limits with a fresh upload counter."""
         uploads = ConcurrencyLimit(
             max_concurrent_uploads, "model uploads in progress", "max_concurrent_uploads"
         )
-        return cls(max_tensor_elements, max_upload_bytes, uploads, upload_idle_timeout_s)
+        return cls(
+            max_tensor_elements,
+            max_upload_bytes,
+            uploads,
+            max_bytes_elements,
+            upload_idle_timeout_s,
+        )
 
 
-def check_tensor_elements(model: str, tensor: str, shape: Sequence[int], limit: int) -> None:
-    """Refuse a tensor shape with more than `limit` elements (Python ints: no overflow)."""
+def check_tensor_elements(model: str, tensor: str, shape: Sequence[int], limit: int) -> int:
+    """Refuse a tensor shape with more than `limit` elements (Python ints: no overflow).
+
+    Returns the element count.
+    """
     count = prod(int(d) for d in shape)
     if count > limit:
         raise ResourceExhausted(
             f"input '{tensor}' of model '{model}': expected at most {limit} elements "
             f"(max_tensor_elements), received shape {list(shape)} = {count} elements"
+        )
+    return count
+
+
+def check_dimensions(model: str, tensor: str, shape: Sequence[int], limit: int) -> None:
+    """Refuse a dimension over `limit` even where another is 0: no tensor can use it, and
+    numpy cannot make an array of such a shape, empty or not."""
+    for index, size in enumerate(shape):
+        if size > limit:
+            raise InvalidArgument(
+                f"input '{tensor}' of model '{model}': dimension {index} of shape {list(shape)} "
+                f"is {size}, expected at most {limit} (max_tensor_elements)"
+            )
+
+
+def check_bytes_elements(model: str, counts: Mapping[str, int], limit: int) -> None:
+    """Refuse a request whose BYTES inputs hold more than `limit` elements in all.
+
+    Each BYTES element becomes at least one Python object (ONNX Runtime takes its strings as
+    such), about 100 bytes apiece against 5 on the wire.
+    """
+    total = sum(counts.values())
+    if total > limit:
+        largest = max(counts, key=lambda name: counts[name])
+        raise ResourceExhausted(
+            f"model '{model}': expected at most {limit} BYTES elements in one request "
+            f"(max_bytes_elements), received {total} (input '{largest}': {counts[largest]})"
         )
 
 

@@ -92,6 +92,14 @@ class ServerSettings:
             "RESOURCE_EXHAUSTED (raise together with max_message_mb)"
         },
     )
+    max_bytes_elements: int = field(
+        default=1 << 21,
+        metadata={
+            "help": "most BYTES elements in one request (all its BYTES inputs), checked "
+            "before decoding: each costs about 100 bytes of server memory; over it: "
+            "RESOURCE_EXHAUSTED"
+        },
+    )
     max_concurrent_uploads: int = field(
         default=4,
         metadata={
@@ -191,7 +199,12 @@ class ServerSettings:
                 f"setting malloc_keep_mb: expected 0 to {MALLOC_KEEP_MB_MAX}, received "
                 f"{self.malloc_keep_mb}"
             )
-        positive = ["max_tensor_elements", "max_concurrent_uploads", "max_upload_mb"]
+        positive = [
+            "max_tensor_elements",
+            "max_bytes_elements",
+            "max_concurrent_uploads",
+            "max_upload_mb",
+        ]
         if self.max_connections is not None:
             positive.append("max_connections")
         for name in positive:

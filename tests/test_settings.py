@@ -96,3 +96,13 @@ def test_connection_settings_from_environment_and_their_checks() -> None:
         ServerSettings(max_connections=0)
     with pytest.raises(ValueError, match="handshake_timeout_s: expected a positive number"):
         ServerSettings(handshake_timeout_s=0)
+
+
+def test_max_bytes_elements_from_file_and_environment(tmp_path: Path) -> None:
+    config = tmp_path / "trtserve.toml"
+    config.write_text("[server]\nmax_bytes_elements = 1000\n")
+    assert load_settings(config, environ={}).max_bytes_elements == 1000
+    environ = {"TRTSERVE_MAX_BYTES_ELEMENTS": "2000"}
+    assert load_settings(config, environ).max_bytes_elements == 2000
+    with pytest.raises(ValueError, match="max_bytes_elements: expected a positive integer"):
+        ServerSettings(max_bytes_elements=0)

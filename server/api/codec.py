@@ -11,7 +11,12 @@ import numpy as np
 from trtserve.protocol import datatypes, tensors
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.server.errors import InvalidArgument
-from trtserve.server.limits import check_tensor_elements
+from trtserve.server.limits import (
+    RequestLimits,
+    check_bytes_elements,
+    check_dimensions,
+    check_tensor_elements,
+)
 from trtserve.server.models.serving_model import ServingModel
 from trtserve.server.scheduler.request import InferenceRequest, InferenceResponse
 from trtserve.server.specs import TensorSpec
@@ -26,16 +31,29 @@ class _Input(NamedTuple):
     typed: bool
 
 
-def decode_request(
+class CheckedRequest(NamedTuple):
+    """A request whose headers passed every check, its tensors not decoded yet."""
+
+    request: pb.ModelInferRequest
+    model: ServingModel
+    headers: list[_Input]
+    raw: list[bytes]
+    deadline: float | None
+    # Decoding builds objects per element (BYTES, typed contents) for this many elements.
+    per_element: int
+
+
+# Decoding more elements one by one than this (a few ms) runs off the event loop.
+OFF_LOOP_ELEMENTS = 1 << 14
+
+
+def check_request(
     request: pb.ModelInferRequest,
     model: ServingModel,
     deadline: float | None,
-    max_tensor_elements: int,
-) -> InferenceRequest:
-    """Validate a request against the model and decode its tensors (zero-copy when raw).
-
-    Each tensor's element count is checked against `max_tensor_elements` before decoding.
-    """
+    limits: RequestLimits,
+) -> CheckedRequest:
+    """Validate a request's headers against the model and the limits, decoding nothing."""
     raw = list(request.raw_input_contents)
     headers = [
         _Input(t.name, t.datatype, list(t.shape), bool(raw) and t.HasField("contents"))
@@ -43,15 +61,54 @@ def decode_request(
     ]
     _check_raw_layout(headers, raw)
     _check_input_names(headers, model)
-    arrays: dict[str, np.ndarray] = {}
-    for index, header in enumerate(headers):
+    per_element = 0
+    bytes_counts: dict[str, int] | None = None
+    for header in headers:
         spec = model.inputs[header.name]
         _check_datatype(model.name, header.name, spec, header.datatype)
         _check_shape(model, spec, header.shape)
-        check_tensor_elements(model.name, header.name, header.shape, max_tensor_elements)
+        count = check_tensor_elements(
+            model.name, header.name, header.shape, limits.max_tensor_elements
+        )
+        if count == 0:
+            check_dimensions(model.name, header.name, header.shape, limits.max_tensor_elements)
+        if header.datatype == "BYTES":
+            bytes_counts = bytes_counts or {}
+            bytes_counts[header.name] = count
+            per_element += count
+        elif not raw:
+            per_element += count
+    if bytes_counts:
+        check_bytes_elements(model.name, bytes_counts, limits.max_bytes_elements)
+    return CheckedRequest(request, model, headers, raw, deadline, per_element)
+
+
+def decode_tensors(checked: CheckedRequest) -> InferenceRequest:
+    """Decode the tensors of a checked request (zero-copy when raw numeric)."""
+    request, model, headers, raw = checked.request, checked.model, checked.headers, checked.raw
+    arrays: dict[str, np.ndarray] = {}
+    for index, header in enumerate(headers):
         arrays[header.name] = _decode_tensor(request, index, header, raw)
     batch_size = _batch_size(model, headers)
-    return InferenceRequest(arrays, _output_names(request, model), batch_size, deadline)
+    return InferenceRequest(arrays, _output_names(request, model), batch_size, checked.deadline)
+
+
+def decode_request(
+    request: pb.ModelInferRequest,
+    model: ServingModel,
+    deadline: float | None,
+    limits: RequestLimits,
+) -> InferenceRequest:
+    """check_request, then decode_tensors."""
+    return decode_tensors(check_request(request, model, deadline, limits))
+
+
+def many_objects(response: InferenceResponse) -> bool:
+    """Whether encoding the response builds more than OFF_LOOP_ELEMENTS objects (BYTES)."""
+    return any(
+        array.dtype.kind == "O" and array.size > OFF_LOOP_ELEMENTS
+        for array in response.outputs.values()
+    )
 
 
 def encode_response(

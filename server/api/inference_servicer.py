@@ -13,7 +13,15 @@ import grpc
 
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.protocol import grpc_service_pb2_grpc as pb_grpc
-from trtserve.server.api.codec import decode_request, encode_response, encode_response_bytes
+from trtserve.server.api.codec import (
+    OFF_LOOP_ELEMENTS,
+    check_request,
+    decode_tensors,
+    encode_response,
+    encode_response_bytes,
+    many_objects,
+)
+from trtserve.server.api.heap_release import HeapRelease
 from trtserve.server.api.registration import require_message
 from trtserve.server.api.statistics import model_statistics
 from trtserve.server.api.status import grpc_errors, outcome, status_code, status_message
@@ -82,6 +90,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._state = state
         self._version = version
         self._limits = limits
+        self._heap_release = HeapRelease()
 
     @grpc_errors
     async def ServerLive(
@@ -191,7 +200,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         try:
-            return await self._infer(request, deadline, encode_response_bytes)
+            return await self._infer(request, deadline, encode_response_bytes, context)
         except ServerError as error:
             await context.abort(status_code(error), status_message(error))
             raise  # unreachable: abort raises
@@ -252,15 +261,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         request: pb.ModelInferRequest,
         deadline: float | None,
         encode: Callable[[pb.ModelInferRequest, ServingModel, InferenceResponse], Reply],
+        context: grpc.aio.ServicerContext[Any, Any] | None = None,
     ) -> Reply:
         with self._state.track():
-            return await self._infer_tracked(request, deadline, encode)
+            return await self._infer_tracked(request, deadline, encode, context)
 
     async def _infer_tracked(
         self,
         request: pb.ModelInferRequest,
         deadline: float | None,
         encode: Callable[[pb.ModelInferRequest, ServingModel, InferenceResponse], Reply],
+        context: grpc.aio.ServicerContext[Any, Any] | None,
     ) -> Reply:
         started = time.perf_counter_ns()
         request = require_message(request)
@@ -275,12 +286,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         batch_size = 1
         # Stays "cancelled" when the client goes away and the task is cancelled mid-request.
         result = "cancelled"
+        # Whether decoding or encoding built objects per element (see HeapRelease).
+        many = False
         try:
-            inputs = decode_request(request, model, deadline, self._limits.max_tensor_elements)
+            checked = check_request(request, model, deadline, self._limits)
+            # Small raw requests decode inline (zero-copy, microseconds); a large BYTES or
+            # typed request would hold the loop for seconds, so a worker thread decodes it.
+            if checked.per_element > OFF_LOOP_ELEMENTS:
+                many = True
+                inputs = await asyncio.to_thread(decode_tensors, checked)
+            else:
+                inputs = decode_tensors(checked)
             batch_size = inputs.batch_size
             response = await model.scheduler.submit(inputs)
             queue_ns = response.queue_ns
-            reply = encode(request, model, response)
+            if many_objects(response):
+                many = True
+                reply = await asyncio.to_thread(encode, request, model, response)
+            else:
+                reply = encode(request, model, response)
             result = "success"
             return reply
         except ServerError as e:
@@ -294,6 +318,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             model.metrics.record_request(
                 result, time.perf_counter_ns() - started, queue_ns, batch_size
             )
+            if many:
+                self._release_after(context)
+
+    def _release_after(self, context: grpc.aio.ServicerContext[Any, Any] | None) -> None:
+        """Release freed memory once the call is over (gRPC frees the messages only then)."""
+        if context is None:
+            self._heap_release.after_request()
+        else:
+            # grpc-stubs types the callback as a class, where grpc takes any callable.
+            context.add_done_callback(self._call_done)  # type: ignore[arg-type]
+
+    def _call_done(self, context: object) -> None:
+        self._heap_release.after_request()
 
 
 def _required(value: str, field: str) -> str:

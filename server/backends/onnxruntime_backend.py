@@ -87,7 +87,10 @@ class OnnxRuntimeModel(LoadedModel):
                 f"(the ONNX Runtime backend runs on the CPU), received "
                 f"{placement.kind.value} {placement.device_id}"
             )
-        session = _create_session(self._path, self._name, self._threads)
+        # ORT's CPU arena keeps the peak of every run; string tensors are std::string objects
+        # it gains nothing on, and one large request would leave hundreds of MiB held.
+        strings = any(t.datatype == "BYTES" for t in self._io.inputs + self._io.outputs)
+        session = _create_session(self._path, self._name, self._threads, memory_arena=not strings)
         return OnnxRuntimeInstance(session, self._name, self._io)
 
     def close(self) -> None:
@@ -157,7 +160,9 @@ def _intra_op_threads(settings: ModelSettings) -> int:
     return threads
 
 
-def _create_session(path: Path, name: str, intra_op_threads: int) -> Any:
+def _create_session(
+    path: Path, name: str, intra_op_threads: int, *, memory_arena: bool = True
+) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -165,6 +170,7 @@ def _create_session(path: Path, name: str, intra_op_threads: int) -> Any:
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.enable_cpu_mem_arena = memory_arena
     if not path.is_file():
         raise FailedPrecondition(
             f"model '{name}': expected an ONNX model file at {path}, received no such file"
@@ -199,27 +205,41 @@ def _tensor_spec(arg: Any, name: str, role: str) -> TensorSpec:
     return TensorSpec(arg.name, datatype, tuple(d if isinstance(d, int) else -1 for d in shape))
 
 
+def _utf8_text(item: object) -> str:
+    return item.decode("utf-8") if isinstance(item, bytes) else str(item)
+
+
+def _utf8_bytes(item: Any) -> bytes:
+    return item.encode("utf-8") if isinstance(item, str) else bytes(item)
+
+
+# Element-wise into a new object array: no intermediate list of as many references.
+_TO_TEXT = np.frompyfunc(_utf8_text, 1, 1)
+_TO_BYTES = np.frompyfunc(_utf8_bytes, 1, 1)
+# Elements per ufunc call: the interpreter lock is handed on between calls (a few ms each),
+# so the event loop keeps answering while a large string tensor is converted.
+_CHUNK = 1 << 16
+
+
+def _convert(function: np.ufunc, array: np.ndarray) -> np.ndarray:
+    out = np.empty(array.shape, dtype=np.object_)
+    source, target = array.reshape(-1), out.reshape(-1)
+    for start in range(0, source.size, _CHUNK):
+        function(source[start : start + _CHUNK], out=target[start : start + _CHUNK])
+    return out
+
+
 def _string_array(model: str, tensor: str, array: np.ndarray) -> np.ndarray:
     # ORT takes str elements for string tensors; bytes elements would be stringified as "b'..'".
     try:
-        flat = [
-            item.decode("utf-8") if isinstance(item, bytes) else str(item)
-            for item in array.reshape(-1)
-        ]
+        return _convert(_TO_TEXT, array)
     except UnicodeDecodeError as e:
         raise InvalidArgument(
             f"model '{model}': input '{tensor}': expected UTF-8 strings for an ONNX string "
             f"tensor, received bytes that are not UTF-8 ({e.reason} at byte {e.start})"
         ) from None
-    out = np.empty(len(flat), dtype=np.object_)
-    out[:] = flat
-    return out.reshape(array.shape)
 
 
 def _bytes_array(value: Any) -> np.ndarray:
     array = np.asarray(value, dtype=np.object_)
-    out = np.empty(array.size, dtype=np.object_)
-    out[:] = [
-        item.encode("utf-8") if isinstance(item, str) else bytes(item) for item in array.reshape(-1)
-    ]
-    return out.reshape(array.shape)
+    return _convert(_TO_BYTES, array)

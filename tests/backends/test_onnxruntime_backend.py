@@ -192,3 +192,19 @@ def test_wrong_shape_reaching_ort_is_invalid_argument(simple: OnnxRuntimeModel) 
     a = np.ones((1, 15), np.float32)
     with pytest.raises(InvalidArgument, match="model 'm'"):
         simple.create_instance(CPU).execute({"INPUT0": a, "INPUT1": a}, ["OUTPUT0"])
+
+
+def test_string_models_run_without_the_cpu_memory_arena(
+    tmp_path: Path, simple: OnnxRuntimeModel
+) -> None:
+    # The arena would keep the peak of the largest string request for the process's life.
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["s"], ["t"])],
+        "strings",
+        [helper.make_tensor_value_info("s", TensorProto.STRING, ["batch"])],
+        [helper.make_tensor_value_info("t", TensorProto.STRING, ["batch"])],
+    )
+    strings = load(tmp_path, onnx_bytes(graph)).create_instance(CPU)
+    numeric = simple.create_instance(CPU)
+    assert not strings._session.get_session_options().enable_cpu_mem_arena
+    assert numeric._session.get_session_options().enable_cpu_mem_arena

@@ -81,3 +81,32 @@ def tree(root: Path) -> dict[str, bytes | None]:
             continue
         found[str(relative)] = path.read_bytes() if path.is_file() else None
     return found
+
+
+def identity_model(element_type: int, rank: int) -> bytes:
+    """Y = X for a tensor of `element_type` (an onnx TensorProto type) with `rank` free dims."""
+    dims: list[str | int] = [f"d{i}" for i in range(rank)]
+    x = helper.make_tensor_value_info("X", element_type, dims)
+    y = helper.make_tensor_value_info("Y", element_type, dims)
+    graph = helper.make_graph([helper.make_node("Identity", ["X"], ["Y"])], "id", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def write_identity_model(root: Path, name: str, element_type: int, rank: int) -> None:
+    """Store an unbatched identity model of an FP32 or STRING tensor with its config."""
+    folder = root / name / "1"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.onnx").write_bytes(identity_model(element_type, rank))
+    kind = "TYPE_STRING" if element_type == TensorProto.STRING else "TYPE_FP32"
+    tensor = {"data_type": kind, "dims": [-1] * rank}
+    config = {
+        "name": name,
+        "platform": "onnxruntime_onnx",
+        "max_batch_size": 0,
+        "input": [{"name": "X", **tensor}],
+        "output": [{"name": "Y", **tensor}],
+        "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
+    }
+    (root / name / "config.json").write_text(json.dumps(config))
