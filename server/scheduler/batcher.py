@@ -183,10 +183,13 @@ class ModelScheduler:
             if batch is None:
                 return
             try:
-                self._execute(index, batch)
+                outcomes = self._execute(index, batch)
             finally:
                 with self._changed:
                     self._in_flight -= len(batch)
+            # Settled only once they no longer count as pending: a client holding its answer
+            # never finds its request in trtserve_pending_requests.
+            self._hand_back(outcomes)
 
     def _next_batch(self) -> list[_Pending] | None:
         """The next batch to run (its requests counted in flight), or None once closed."""
@@ -277,23 +280,22 @@ class ModelScheduler:
         if expired:
             self._hand_back(expired)
 
-    def _execute(self, index: int, batch: list[_Pending]) -> None:
+    def _execute(self, index: int, batch: list[_Pending]) -> list[_Settlement]:
+        """Run one batch; each request's outcome, an error where the batch failed."""
         started_ns = time.perf_counter_ns()
         requests = [p.request for p in batch]
         try:
             result = self._instances[index].execute(_pack(requests), _union_outputs(requests))
             outcomes = self._split(batch, result, started_ns)
         except ServerError as error:
-            self._hand_back([(p.future, error) for p in batch])
-            return
+            return [(p.future, error) for p in batch]
         except Exception as error:  # a backend bug must fail the batch, not the thread
             log.exception("model %s: execution failed", self.config.model)
             failure = Internal(f"model '{self.config.model}': execution failed: {error!r}")
-            self._hand_back([(p.future, failure) for p in batch])
-            return
+            return [(p.future, failure) for p in batch]
         self._executions[index].inc()
         self._record(batch, result)
-        self._hand_back(outcomes)
+        return outcomes
 
     def _record(self, batch: list[_Pending], result: ExecutionResult) -> None:
         t = result.timings
