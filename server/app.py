@@ -144,6 +144,7 @@ def request_limits(settings: ServerSettings) -> RequestLimits:
         max_tensor_elements=settings.max_tensor_elements,
         max_upload_bytes=settings.max_upload_mb * 1024 * 1024,
         max_concurrent_uploads=settings.max_concurrent_uploads,
+        max_stream_in_flight=settings.max_stream_in_flight,
     )
 
 

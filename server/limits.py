@@ -50,16 +50,23 @@ class RequestLimits:
     max_tensor_elements: int
     max_upload_bytes: int
     uploads: ConcurrencyLimit
+    # Requests of one ModelStreamInfer stream read but not yet answered; at the cap the
+    # stream is not read further (back-pressure, not refusal).
+    max_stream_in_flight: int
 
     @classmethod
     def create(
-        cls, max_tensor_elements: int, max_upload_bytes: int, max_concurrent_uploads: int
+        cls,
+        max_tensor_elements: int,
+        max_upload_bytes: int,
+        max_concurrent_uploads: int,
+        max_stream_in_flight: int,
     ) -> RequestLimits:
         """Limits with a fresh upload counter."""
         uploads = ConcurrencyLimit(
             max_concurrent_uploads, "model uploads in progress", "max_concurrent_uploads"
         )
-        return cls(max_tensor_elements, max_upload_bytes, uploads)
+        return cls(max_tensor_elements, max_upload_bytes, uploads, max_stream_in_flight)
 
 
 def check_tensor_elements(model: str, tensor: str, shape: Sequence[int], limit: int) -> None:

@@ -51,6 +51,13 @@ class ServerSettings:
         default=1024,
         metadata={"help": "default per-model queue limit; over it: RESOURCE_EXHAUSTED"},
     )
+    max_stream_in_flight: int = field(
+        default=64,
+        metadata={
+            "help": "requests of one ModelStreamInfer stream in flight, read and not yet "
+            "answered; at it the server stops reading the stream until the client reads replies"
+        },
+    )
     max_upload_mb: int = field(default=4096, metadata={"help": "largest uploaded model file"})
     max_tensor_elements: int = field(
         default=1 << 26,
@@ -151,7 +158,12 @@ class ServerSettings:
                 f"setting malloc_keep_mb: expected 0 to {MALLOC_KEEP_MB_MAX}, received "
                 f"{self.malloc_keep_mb}"
             )
-        for name in ("max_tensor_elements", "max_concurrent_uploads", "max_upload_mb"):
+        for name in (
+            "max_tensor_elements",
+            "max_concurrent_uploads",
+            "max_upload_mb",
+            "max_stream_in_flight",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(
                     f"setting {name}: expected a positive integer, received {getattr(self, name)}"
