@@ -60,3 +60,13 @@ def test_malloc_keep_is_bounded() -> None:
     for bad in (-1, 2048):
         with pytest.raises(ValueError, match=f"malloc_keep_mb: expected 0 to 2047, received {bad}"):
             ServerSettings(malloc_keep_mb=bad)
+
+
+def test_max_stream_in_flight_from_file_and_positive(tmp_path: Path) -> None:
+    config = tmp_path / "trtserve.toml"
+    config.write_text("max_stream_in_flight = 8\n")
+    assert load_settings(config, environ={}).max_stream_in_flight == 8
+    with pytest.raises(
+        ValueError, match="setting max_stream_in_flight: expected a positive integer, received 0"
+    ):
+        load_settings(environ={"TRTSERVE_MAX_STREAM_IN_FLIGHT": "0"})
