@@ -204,8 +204,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # Requests run concurrently; responses go back as they finish, matched by `id`. A
         # request holds a slot from being read until gRPC has taken its reply, and the reader
         # waits for a free slot before it reads on: a client that stops reading replies stops
-        # the reader, HTTP/2 flow control then stops the client, and the server holds at most
-        # `max_stream_in_flight` requests and replies of the stream.
+        # the reader, HTTP/2 flow control then stops the client, and the stream holds at most
+        # `max_stream_in_flight` requests and replies beyond what gRPC's windows buffer.
         slots = asyncio.Semaphore(self._limits.max_stream_in_flight)
         # Never longer than the slots (plus the end marker), so it needs no bound of its own.
         replies: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
