@@ -73,10 +73,12 @@ class ServerUnderTest:
         return self.popen.wait(10)
 
 
-def launch(args: Sequence[str], name: str = "server", timeout: float = 120.0) -> ServerUnderTest:
+def launch(
+    args: Sequence[str], name: str = "server", timeout: float = 120.0, python: str = sys.executable
+) -> ServerUnderTest:
     """Run `python -u ARGS` and return once it prints its `serving gRPC on HOST:PORT` line."""
     popen = subprocess.Popen(
-        [sys.executable, "-u", *args],
+        [python, "-u", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -108,10 +110,12 @@ def start(
     timeout: float = 120.0,
     *,
     metrics: bool = False,
+    python: str = sys.executable,
 ) -> ServerUnderTest:
     """Start `trtserve serve` on a free loopback port; return once it is serving.
 
-    `metrics` opens the metrics port too (on a free port: `metrics_port`).
+    `metrics` opens the metrics port too (on a free port: `metrics_port`); `python` is the
+    interpreter that runs it (another checkout's virtualenv measures that checkout).
     """
     args = [
         "-m",
@@ -128,7 +132,7 @@ def start(
         str(repository),
         *extra_args,
     ]
-    return launch(args, "trtserve", timeout)
+    return launch(args, "trtserve", timeout, python)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -146,6 +146,7 @@ def request_limits(settings: ServerSettings) -> RequestLimits:
         max_concurrent_uploads=settings.max_concurrent_uploads,
         upload_idle_timeout_s=settings.upload_idle_timeout_s,
         max_bytes_elements=settings.max_bytes_elements,
+        max_stream_in_flight=settings.max_stream_in_flight,
     )
 
 

@@ -52,6 +52,9 @@ class RequestLimits:
     uploads: ConcurrencyLimit
     max_bytes_elements: int
     upload_idle_timeout_s: float
+    # Requests of one ModelStreamInfer stream read but not yet answered; at the cap the
+    # stream is not read further (back-pressure, not refusal).
+    max_stream_in_flight: int
 
     @classmethod
     def create(
@@ -61,6 +64,7 @@ class RequestLimits:
         max_concurrent_uploads: int,
         max_bytes_elements: int,
         upload_idle_timeout_s: float,
+        max_stream_in_flight: int,
     ) -> RequestLimits:
         """Limits with a fresh upload counter."""
         uploads = ConcurrencyLimit(
@@ -72,6 +76,7 @@ class RequestLimits:
             uploads,
             max_bytes_elements,
             upload_idle_timeout_s,
+            max_stream_in_flight,
         )
 
 

@@ -84,6 +84,13 @@ class ServerSettings:
         default=1024,
         metadata={"help": "default per-model queue limit; over it: RESOURCE_EXHAUSTED"},
     )
+    max_stream_in_flight: int = field(
+        default=64,
+        metadata={
+            "help": "requests of one ModelStreamInfer stream in flight, read and not yet "
+            "answered; at it the server stops reading the stream until the client reads replies"
+        },
+    )
     max_upload_mb: int = field(default=4096, metadata={"help": "largest uploaded model file"})
     max_tensor_elements: int = field(
         default=1 << 26,
@@ -204,6 +211,7 @@ class ServerSettings:
             "max_bytes_elements",
             "max_concurrent_uploads",
             "max_upload_mb",
+            "max_stream_in_flight",
         ]
         if self.max_connections is not None:
             positive.append("max_connections")

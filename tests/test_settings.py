@@ -106,3 +106,13 @@ def test_max_bytes_elements_from_file_and_environment(tmp_path: Path) -> None:
     assert load_settings(config, environ).max_bytes_elements == 2000
     with pytest.raises(ValueError, match="max_bytes_elements: expected a positive integer"):
         ServerSettings(max_bytes_elements=0)
+
+
+def test_max_stream_in_flight_from_file_and_positive(tmp_path: Path) -> None:
+    config = tmp_path / "trtserve.toml"
+    config.write_text("max_stream_in_flight = 8\n")
+    assert load_settings(config, environ={}).max_stream_in_flight == 8
+    with pytest.raises(
+        ValueError, match="setting max_stream_in_flight: expected a positive integer, received 0"
+    ):
+        load_settings(environ={"TRTSERVE_MAX_STREAM_IN_FLIGHT": "0"})

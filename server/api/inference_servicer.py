@@ -22,7 +22,7 @@ from trtserve.server.api.codec import (
     many_objects,
 )
 from trtserve.server.api.heap_release import HeapRelease
-from trtserve.server.api.registration import require_message
+from trtserve.server.api.registration import UndecodableRequest, require_message
 from trtserve.server.api.statistics import model_statistics
 from trtserve.server.api.status import grpc_errors, outcome, status_code, status_message
 from trtserve.server.errors import Internal, InvalidArgument, ServerError, Unavailable
@@ -210,51 +210,64 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         request_iterator: AsyncIterator[pb.ModelInferRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        # Requests run concurrently; responses go back as they finish, matched by `id`.
+        # Requests run concurrently; responses go back as they finish, matched by `id`. A
+        # request holds a slot from being read until gRPC has taken its reply, and the reader
+        # waits for a free slot before it reads on: a client that stops reading replies stops
+        # the reader, HTTP/2 flow control then stops the client, and the stream holds at most
+        # `max_stream_in_flight` requests and replies beyond what gRPC's windows buffer.
+        slots = asyncio.Semaphore(self._limits.max_stream_in_flight)
+        # Never longer than the slots (plus the end marker), so it needs no bound of its own.
         replies: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        reader = asyncio.create_task(self._read_stream(request_iterator, replies))
+        reader = asyncio.create_task(self._read_stream(request_iterator, replies, slots))
         try:
             while (reply := await replies.get()) is not None:
                 yield reply
+                slots.release()
+            await reader  # a failure to read the stream ends it with that error
         finally:
-            reader.cancel()
+            if not reader.done():
+                reader.cancel()
+                await asyncio.wait([reader])
 
     async def _read_stream(
         self,
         request_iterator: AsyncIterator[pb.ModelInferRequest],
         replies: asyncio.Queue[pb.ModelStreamInferResponse | None],
+        slots: asyncio.Semaphore,
     ) -> None:
         tasks: set[asyncio.Task[None]] = set()
         try:
-            async for request in request_iterator:
+            while True:
+                await slots.acquire()
+                try:
+                    request = await anext(request_iterator)
+                except StopAsyncIteration:
+                    break
                 task = asyncio.create_task(self._stream_one(request, replies))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if tasks:
-                await asyncio.gather(*tasks)
+                await asyncio.wait(tasks)
         finally:
-            await replies.put(None)
+            # Cancelled (the client went away): no request outlives its stream.
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks)
+            replies.put_nowait(None)
 
     async def _stream_one(
         self,
-        request: pb.ModelInferRequest,
+        request: pb.ModelInferRequest | UndecodableRequest,
         replies: asyncio.Queue[pb.ModelStreamInferResponse | None],
     ) -> None:
+        """Answer one request of a stream; every failure becomes its error response."""
         try:
-            response = await self._infer(request, None, encode_response)
-        except ServerError as error:
-            await replies.put(
-                pb.ModelStreamInferResponse(
-                    error_message=status_message(error),
-                    infer_response=pb.ModelInferResponse(
-                        model_name=request.model_name,
-                        model_version=request.model_version,
-                        id=request.id,
-                    ),
-                )
-            )
+            response = await self._infer(require_message(request), None, encode_response)
+        except Exception as error:
+            replies.put_nowait(_stream_error(request, error))
             return
-        await replies.put(pb.ModelStreamInferResponse(infer_response=response))
+        replies.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
 
     async def _infer(
         self,
@@ -331,6 +344,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def _call_done(self, context: object) -> None:
         self._heap_release.after_request()
+
+
+def _stream_error(
+    request: pb.ModelInferRequest | UndecodableRequest, error: Exception
+) -> pb.ModelStreamInferResponse:
+    """The error response of a stream request: what is known of the request, and why."""
+    if isinstance(request, UndecodableRequest):
+        # Nothing of the message is known: the response's id and model stay empty.
+        return pb.ModelStreamInferResponse(error_message=status_message(error))
+    message = status_message(error)
+    if not isinstance(error, ServerError):
+        log.exception("stream request id '%s': unexpected failure", request.id)
+        message = f"request id '{request.id}': {message}"
+    return pb.ModelStreamInferResponse(
+        error_message=message,
+        infer_response=pb.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        ),
+    )
 
 
 def _required(value: str, field: str) -> str:
