@@ -12,7 +12,8 @@ from typing import Any
 
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.server.api.inference_servicer import InferenceServicer
-from trtserve.server.limits import RequestLimits
+from trtserve.server.app import request_limits
+from trtserve.server.settings import ServerSettings
 
 STEP_TIMEOUT_S = 5.0
 
@@ -21,7 +22,7 @@ class ScriptedServicer(InferenceServicer):
     """A servicer whose requests run `behaviour(request)` instead of a model."""
 
     def __init__(self, cap: int, behaviour: Callable[[pb.ModelInferRequest], Any]) -> None:
-        limits = RequestLimits.create(1, 1, 1, max_stream_in_flight=cap)
+        limits = request_limits(ServerSettings(max_stream_in_flight=cap))
         super().__init__(None, None, None, "test", limits)  # type: ignore[arg-type]
         self.behaviour = behaviour
 
