@@ -7,7 +7,7 @@ server that finds the pings too frequent sends GOAWAY "too_many_pings" and the c
 to IDLE.
 
     python benchmarks/client_pings.py                          # this install
-    /work/baseline/.venv/bin/python benchmarks/client_pings.py # an older install
+    ../old/.venv/bin/python benchmarks/client_pings.py # an older install
 
 Bounded: about `--idle-s` plus the start; the server is stopped at the end.
 """

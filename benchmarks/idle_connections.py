@@ -10,7 +10,7 @@ never send a byte and keeps them open. Then it reports:
   `--wait-s`).
 
     python benchmarks/idle_connections.py                      # 1,100 idle under 1,024 fds
-    /work/baseline/.venv/bin/python benchmarks/idle_connections.py   # an older install
+    ../old/.venv/bin/python benchmarks/idle_connections.py   # an older install
 
 The server runs with the interpreter that runs this script. Bounded: the whole run takes at
 most about `--wait-s` plus the start, and the server is stopped at the end.

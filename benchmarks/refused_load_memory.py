@@ -7,7 +7,7 @@ after the last answer, with the status codes received.
 
     python benchmarks/refused_load_memory.py                       # server without credentials
     python benchmarks/refused_load_memory.py --tokens              # --auth-tokens-file, no token
-    /work/baseline/.venv/bin/python benchmarks/refused_load_memory.py   # an older install
+    ../old/.venv/bin/python benchmarks/refused_load_memory.py   # an older install
 
 The server runs with the interpreter that runs this script, so another virtualenv measures
 another install. Bounded: every call has a 60 s deadline and the server is stopped at the end.
