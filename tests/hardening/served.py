@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,3 +39,24 @@ def status_of(call: object) -> tuple[grpc.StatusCode, str]:
     except grpc.RpcError as error:
         return error.code(), error.details() or ""
     return grpc.StatusCode.OK, ""
+
+
+@contextlib.contextmanager
+def serving(process: ServerProcess, repository: Path) -> Iterator[Served]:
+    """A started server with a channel to it; closed, and its clean exit checked, after."""
+    channel = grpc.insecure_channel(process.address)
+    try:
+        yield Served(process, repository, channel)
+    finally:
+        channel.close()
+        assert process.terminate() == 0
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+    pause = threading.Event()
+    for _ in range(int(timeout * 100)):
+        if condition():
+            return
+        pause.wait(0.01)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from served import Served, status_of
+from served import Served, serving, status_of
 from server_process import serve_fails, start_server
 from tiny_models import add_config, add_constant_model, add_request, output_of, tree, write_model
 
@@ -44,12 +44,8 @@ def serve(
     repository = tmp / "repository"
     write_model(repository, "add", 1, add_constant_model(1.0))
     process = start_server(["--repository", str(repository), *args], local_admin=local_admin)
-    channel = grpc.insecure_channel(process.address)
-    try:
-        yield Served(process, repository, channel)
-    finally:
-        channel.close()
-        assert process.terminate() == 0
+    with serving(process, repository) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

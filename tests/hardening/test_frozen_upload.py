@@ -7,13 +7,14 @@ measurements: each call finishes in milliseconds when nothing blocks it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from served import Served, status_of
+from served import Served, serving, status_of, wait_for
 from server_process import start_server
 from tiny_models import add_config, add_constant_model, add_request, output_of, write_model
 
@@ -45,43 +46,25 @@ def staged_files(repository: Path) -> list[Path]:
     return [p for p in (repository / MODEL).rglob(".tmp-*")]
 
 
-def wait_for(condition: object, what: str, timeout: float = TIMEOUT_S) -> None:
-    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
-    done = threading.Event()
-    for _ in range(int(timeout * 100)):
-        if condition():  # type: ignore[operator]
-            return
-        done.wait(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def serve(tmp_path: Path, *args: str) -> Served:
+def serve(tmp_path: Path, *args: str) -> contextlib.AbstractContextManager[Served]:
     repository = tmp_path / "repository"
     write_model(repository, MODEL, 1, add_constant_model(1.0))
     process = start_server(
         ["--repository", str(repository), "--max-concurrent-uploads", "1", *args]
     )
-    return Served(process, repository, grpc.insecure_channel(process.address))
+    return serving(process, repository)
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    served = serve(tmp_path)
-    try:
+    with serve(tmp_path) as served:
         yield served
-    finally:
-        served.channel.close()
-        assert served.process.terminate() == 0
 
 
 @pytest.fixture
 def impatient(tmp_path: Path) -> Iterator[Served]:
-    served = serve(tmp_path, "--upload-idle-timeout-s", "1")
-    try:
+    with serve(tmp_path, "--upload-idle-timeout-s", "1") as served:
         yield served
-    finally:
-        served.channel.close()
-        assert served.process.terminate() == 0
 
 
 def test_frozen_upload_does_not_block_unload_and_reload(served: Served) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from served import Served, status_of
+from served import Served, status_of, wait_for
 from server_process import start_server
 from tiny_models import add_config, add_constant_model, add_request, tree, write_model
 
@@ -180,16 +180,6 @@ def test_load_file_override_over_max_upload_size(limited: Limited) -> None:
     code, message = status_of(lambda: limited.stub.RepositoryModelLoad(request, timeout=TIMEOUT_S))
     assert code == EXHAUSTED and "max_upload_mb" in message and "too_big" in message
     assert tree(limited.repository) == before
-
-
-def wait_for(condition: object, what: str, timeout: float = 30.0) -> None:
-    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
-    done = threading.Event()
-    for _ in range(int(timeout * 100)):
-        if condition():  # type: ignore[operator]
-            return
-        done.wait(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_uploads_over_max_concurrent_uploads(limited: Limited) -> None:

@@ -11,14 +11,13 @@ import os
 import socket
 import struct
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from served import Served, status_of
+from served import Served, serving, status_of, wait_for
 from server_process import ServerProcess, serve_fails, spawn
 from tiny_models import add_config, add_constant_model, add_request, output_of, write_model
 
@@ -43,21 +42,8 @@ def start(repository: Path, *args: str, fd_limit: int | None = None) -> ServerPr
 def served(tmp_path: Path) -> Iterator[Served]:
     repository = tmp_path / "repository"
     write_model(repository, "add", 1, add_constant_model(1.0))
-    process = start(repository)
-    channel = grpc.insecure_channel(process.address)
-    try:
-        yield Served(process, repository, channel)
-    finally:
-        channel.close()
-        assert process.terminate() == 0
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    with serving(start(repository), repository) as served:
+        yield served
 
 
 # --- exclusive ports ------------------------------------------------------------------------
@@ -127,14 +113,14 @@ def test_idle_connections_beyond_the_fd_limit_leave_room_for_loads_and_clients(
         assert stub.ServerLive(pb.ServerLiveRequest(), timeout=TIMEOUT_S).live
         idle = idle_connections(process.grpc_port, 250)
         # Those over the cap are closed as they arrive, the rest after the handshake timeout.
-        wait_for(lambda: sum(map(closed_by_server, idle)) >= 150, TIMEOUT_S, "connections cut")
+        wait_for(lambda: sum(map(closed_by_server, idle)) >= 150, "connections cut", TIMEOUT_S)
         load = pb.RepositoryModelLoadRequest(model_name="loaded")
         load.parameters["config"].string_param = add_config("loaded")
         load.parameters["file:1/model.onnx"].bytes_param = add_constant_model(7.0)
         stub.RepositoryModelLoad(load, timeout=TIMEOUT_S)
         request, x = add_request("loaded")
         np.testing.assert_array_equal(output_of(stub.ModelInfer(request, timeout=TIMEOUT_S)), x + 7)
-        wait_for(lambda: all(map(closed_by_server, idle)), TIMEOUT_S, "idle connections closed")
+        wait_for(lambda: all(map(closed_by_server, idle)), "idle connections closed", TIMEOUT_S)
         assert served_fresh(process.address)
     finally:
         for sock in idle:

@@ -6,10 +6,9 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from conftest import MetricSamples
-from served import Served
+from served import Served, serving
 from server_process import start_server
 from tiny_models import add_config, add_constant_model, add_request, write_model
 
@@ -27,13 +26,8 @@ Scrape = Callable[[int], MetricSamples]
 def served(tmp_path: Path) -> Iterator[Served]:
     repository = tmp_path / "repository"
     write_model(repository, MODEL, FIRST_VERSION - 1, add_constant_model(0.0))
-    process = start_server(["--repository", str(repository)])
-    channel = grpc.insecure_channel(process.address)
-    try:
-        yield Served(process, repository, channel)
-    finally:
-        channel.close()
-        assert process.terminate() == 0
+    with serving(start_server(["--repository", str(repository)]), repository) as served:
+        yield served
 
 
 def trtserve_series(text: str) -> list[str]:
