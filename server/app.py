@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -204,8 +204,9 @@ async def start_server(
     server = grpc.aio.server(options=server_options(settings, connections))
     inference_service = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     upload_service = trtserve_pb2.DESCRIPTOR.services_by_name["ModelUpload"]
-    # Reflection and the overall health are open to every caller (probes carry no
-    # credentials); the services below have each method wrapped by the access policy once, here.
+    # Every method of these services is wrapped once, here, by the access policy and the
+    # error mapping (the policy leaves health open: probes carry no credentials). Reflection
+    # is open to every caller.
     guard = AccessGuard(policy).wrap
     add_service(
         server,
@@ -214,12 +215,13 @@ async def start_server(
         guard,
     )
     add_service(server, UploadServicer(manager, limits), upload_service, guard)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_service = health_pb2.DESCRIPTOR.services_by_name["Health"]
+    add_service(server, health_servicer, health_service, guard)
     reflection.enable_server_reflection(
         (
             inference_service.full_name,
             upload_service.full_name,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            health_service.full_name,
             reflection.SERVICE_NAME,
         ),
         server,

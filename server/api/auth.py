@@ -37,8 +37,12 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from trtserve.server.api.status import status_code, status_message
-from trtserve.server.errors import PermissionDenied, ServerError, Unauthenticated
+from trtserve.server.errors import (
+    InvalidArgument,
+    PermissionDenied,
+    ServerError,
+    Unauthenticated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +382,7 @@ class AccessGuard:
                 self.policy.authorize(method, caller_of(context))
             except ServerError as error:
                 log.info("refused a call from %s: %s", context.peer(), error)
-                await context.abort(status_code(error), status_message(error))
+                raise
 
         return check
 
@@ -421,10 +425,7 @@ def _one_request(inner: Behaviour) -> Behaviour:
     async def first_message(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         request = await anext(requests, None)
         if request is None:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "request: expected one request message, received none",
-            )
+            raise InvalidArgument("request: expected one request message, received none")
         return request
 
     if inspect.isasyncgenfunction(inner):

@@ -16,7 +16,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2
 
 from trtserve.server.api.auth import AccessPolicy, Role, caller_of
-from trtserve.server.api.status import status_code, status_message
 from trtserve.server.errors import ServerError
 
 log = logging.getLogger(__name__)
@@ -57,4 +56,4 @@ class GuardedHealthServicer(_AsyncHealthServicer):  # type: ignore[misc]
             self._policy.require(Role.INFER, f"{_SERVICE}/{method} of a model", caller_of(context))
         except ServerError as error:
             log.info("refused a call from %s: %s", context.peer(), error)
-            await context.abort(status_code(error), status_message(error))
+            raise

@@ -24,8 +24,8 @@ from trtserve.server.api.codec import (
 from trtserve.server.api.heap_release import HeapRelease
 from trtserve.server.api.registration import UndecodableRequest, require_message
 from trtserve.server.api.statistics import model_statistics
-from trtserve.server.api.status import grpc_errors, outcome, status_code, status_message
-from trtserve.server.errors import Internal, InvalidArgument, ServerError, Unavailable
+from trtserve.server.api.status import client_message, outcome
+from trtserve.server.errors import InvalidArgument, ServerError, Unavailable
 from trtserve.server.limits import RequestLimits, check_upload_size
 from trtserve.server.metrics import ServerMetrics
 from trtserve.server.models.manager import ModelManager
@@ -92,19 +92,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._limits = limits
         self._heap_release = HeapRelease()
 
-    @grpc_errors
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: object
     ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    @grpc_errors
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: object
     ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self._state.ready and not self._state.draining)
 
-    @grpc_errors
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: object
     ) -> pb.ServerMetadataResponse:
@@ -112,7 +109,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             name=SERVER_NAME, version=self._version, extensions=EXTENSIONS
         )
 
-    @grpc_errors
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: object
     ) -> pb.ModelReadyResponse:
@@ -122,7 +118,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=not self._state.draining)
 
-    @grpc_errors
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: object
     ) -> pb.ModelMetadataResponse:
@@ -139,14 +134,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
         return reply
 
-    @grpc_errors
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: object
     ) -> pb.ModelConfigResponse:
         model = self._manager.get(_required(request.name, "name"), request.version)
         return pb.ModelConfigResponse(config=config_from_settings(model.settings, model.io))
 
-    @grpc_errors
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: object
     ) -> pb.ModelStatisticsResponse:
@@ -154,7 +147,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             self._manager.get(request.name, request.version)
         return model_statistics(self._metrics, request.name, request.version)
 
-    @grpc_errors
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: object
     ) -> pb.RepositoryIndexResponse:
@@ -167,7 +159,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
         return reply
 
-    @grpc_errors
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: object
     ) -> pb.RepositoryModelLoadResponse:
@@ -187,7 +178,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await self._manager.load(name, config_json=config_json, files=files)
         return pb.RepositoryModelLoadResponse()
 
-    @grpc_errors
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: object
     ) -> pb.RepositoryModelUnloadResponse:
@@ -199,11 +189,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> bytes:
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
-        try:
-            return await self._infer(request, deadline, encode_response_bytes, context)
-        except ServerError as error:
-            await context.abort(status_code(error), status_message(error))
-            raise  # unreachable: abort raises
+        return await self._infer(request, deadline, encode_response_bytes, context)
 
     async def ModelStreamInfer(
         self,
@@ -287,7 +273,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any] | None,
     ) -> Reply:
         started = time.perf_counter_ns()
-        request = require_message(request)
         if self._state.draining:
             raise Unavailable("server is shutting down; retry on another replica")
         # Metrics are labelled only with models and versions that exist, so clients cannot
@@ -320,13 +305,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 reply = encode(request, model, response)
             result = "success"
             return reply
-        except ServerError as e:
-            result = outcome(e)
-            raise
         except Exception as e:
             result = outcome(e)
-            log.exception("model %s: unexpected inference failure", model.name)
-            raise Internal(status_message(e)) from e
+            raise
         finally:
             model.metrics.record_request(
                 result, time.perf_counter_ns() - started, queue_ns, batch_size
@@ -352,13 +333,9 @@ def _stream_error(
     """The error response of a stream request: what is known of the request, and why."""
     if isinstance(request, UndecodableRequest):
         # Nothing of the message is known: the response's id and model stay empty.
-        return pb.ModelStreamInferResponse(error_message=status_message(error))
-    message = status_message(error)
-    if not isinstance(error, ServerError):
-        log.exception("stream request id '%s': unexpected failure", request.id)
-        message = f"request id '{request.id}': {message}"
+        return pb.ModelStreamInferResponse(error_message=client_message(error, "ModelStreamInfer"))
     return pb.ModelStreamInferResponse(
-        error_message=message,
+        error_message=client_message(error, f"ModelStreamInfer request id '{request.id}'"),
         infer_response=pb.ModelInferResponse(
             model_name=request.model_name, model_version=request.model_version, id=request.id
         ),

@@ -1,12 +1,14 @@
-"""Register servicers with request parsing that cannot fail inside grpc.
+"""Register servicers: parsing that cannot fail inside grpc, access checks, error statuses.
 
 grpc's generated registration parses requests before the servicer runs, and bytes that are not
 a valid message become an UNKNOWN status with a traceback in the log. Here a parse failure
-becomes an `UndecodableRequest` value, which the servicers refuse with INVALID_ARGUMENT.
+becomes an `UndecodableRequest` value, refused with INVALID_ARGUMENT: a single request before
+the servicer runs, a stream's messages by the servicer as it reads them.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +18,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
+from trtserve.server.api.status import with_statuses
 from trtserve.server.errors import InvalidArgument
 
 
@@ -35,6 +38,22 @@ def require_message(request: Any) -> Any:
             f"do not parse as one ({request.error})"
         )
     return request
+
+
+def _parsed(inner: Callable[..., Any]) -> Callable[..., Any]:
+    """A single-request behaviour that runs only on a request that parsed."""
+    if inspect.isasyncgenfunction(inner):
+
+        async def stream(request: Any, context: Any) -> Any:
+            async for reply in inner(require_message(request), context):
+                yield reply
+
+        return stream
+
+    async def call(request: Any, context: Any) -> Any:
+        return await inner(require_message(request), context)
+
+    return call
 
 
 def _tolerant_parser(message_class: type[Message]) -> Callable[[bytes], Any]:
@@ -68,18 +87,22 @@ def add_service(
 ) -> None:
     """Serve every method of `service` with the servicer method of the same name.
 
-    `guard(full_method_name, handler)` returns the handler to serve (the access policy's
-    wrapping); every method goes through it, so none is served unchecked.
+    Every method gets the same treatment, so none is served unchecked or unmapped: a single
+    request that did not parse is refused before the servicer runs (streams check each
+    message themselves), `guard(full_method_name, handler)` applies the access policy, and
+    errors from any of them become gRPC statuses (`status.with_statuses`).
     """
     handlers = {}
     for method in service.methods:
+        full_name = f"/{service.full_name}/{method.name}"
         factory = _HANDLER_FACTORIES[(method.client_streaming, method.server_streaming)]
+        behaviour = getattr(servicer, method.name)
         handler = factory(
-            getattr(servicer, method.name),
+            behaviour if method.client_streaming else _parsed(behaviour),
             request_deserializer=_tolerant_parser(GetMessageClass(method.input_type)),
             response_serializer=_serialize,
         )
-        handlers[method.name] = guard(f"/{service.full_name}/{method.name}", handler)
+        handlers[method.name] = with_statuses(full_name, guard(full_name, handler))
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )

@@ -1,16 +1,21 @@
-"""The one place where server errors become gRPC statuses."""
+"""The one place where errors become gRPC statuses, applied to every method at registration.
+
+A `ServerError` is answered with its status and message. Anything else is a bug: the client
+gets INTERNAL with an error id, and the log gets the id with the traceback, so internal
+details never reach a caller but an operator can find them.
+"""
 
 from __future__ import annotations
 
-import functools
+import inspect
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+import secrets
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 
 from trtserve.server import errors
-from trtserve.server.api.registration import require_message
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +32,9 @@ _CODES: dict[type[errors.ServerError], grpc.StatusCode] = {
     errors.Internal: grpc.StatusCode.INTERNAL,
 }
 
+Behaviour = Callable[..., Any]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
 
 def status_code(error: BaseException) -> grpc.StatusCode:
     """The gRPC status code for an error; anything unexpected is INTERNAL."""
@@ -36,11 +44,13 @@ def status_code(error: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def status_message(error: BaseException) -> str:
-    """The message a client sees; unexpected errors are labelled as internal."""
+def client_message(error: Exception, where: str) -> str:
+    """What the client is told of `error`; an unexpected one is logged under a fresh id."""
     if isinstance(error, errors.ServerError):
         return str(error)
-    return f"internal error: {type(error).__name__}: {error}"
+    error_id = secrets.token_hex(6)
+    log.error("internal error %s in %s", error_id, where, exc_info=error)
+    return f"internal error {error_id}: the server log has the details"
 
 
 def outcome(error: BaseException | None) -> str:
@@ -48,22 +58,51 @@ def outcome(error: BaseException | None) -> str:
     return "success" if error is None else status_code(error).name.lower()
 
 
-Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+def with_statuses(method: str, handler: Handler) -> Handler:
+    """`handler` for the full method name `method`, its errors answered as gRPC statuses."""
+    codecs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(_call(method, handler.unary_unary), **codecs)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(_call(method, handler.stream_unary), **codecs)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(_stream(method, handler.unary_stream), **codecs)
+    assert handler.stream_stream is not None, "a method handler has one behaviour"
+    return grpc.stream_stream_rpc_method_handler(_stream(method, handler.stream_stream), **codecs)
 
 
-def grpc_errors(method: Handler) -> Handler:
-    """Turn ServerErrors (and unexpected exceptions) of a unary handler into gRPC statuses."""
-
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+def _call(method: str, inner: Behaviour) -> Behaviour:
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
-            return await method(self, require_message(request), context)
-        except errors.ServerError as error:
-            await context.abort(status_code(error), status_message(error))
+            return await inner(request, context)
         except Exception as error:
-            if isinstance(error, grpc.aio.AbortError):
-                raise
-            log.exception("unexpected error in %s", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, status_message(error))
+            await _abort(context, error, method)
 
-    return wrapper  # type: ignore[return-value]
+    return call
+
+
+def _stream(method: str, inner: Behaviour) -> Behaviour:
+    if not inspect.isasyncgenfunction(inner):
+        # A streaming handler may also be a coroutine that writes with context.write().
+        return _call(method, inner)
+
+    async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            async for reply in inner(request, context):
+                yield reply
+        except Exception as error:
+            await _abort(context, error, method)
+
+    return stream
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], error: Exception, method: str
+) -> NoReturn:
+    if isinstance(error, grpc.aio.AbortError):  # the handler has answered already
+        raise error
+    await context.abort(status_code(error), client_message(error, method))
+    raise AssertionError("unreachable: abort raises")

@@ -10,7 +10,6 @@ from typing import Any
 from trtserve.protocol import trtserve_pb2 as tpb
 from trtserve.protocol import trtserve_pb2_grpc as tpb_grpc
 from trtserve.server.api.registration import require_message
-from trtserve.server.api.status import grpc_errors
 from trtserve.server.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -41,7 +40,6 @@ class UploadServicer(tpb_grpc.ModelUploadServicer):
         # Versions being uploaded now, per model, so two uploads never pick the same one.
         self._writing: dict[str, set[int]] = {}
 
-    @grpc_errors
     async def UploadModel(
         self, request_iterator: AsyncIterator[Any], context: object
     ) -> tpb.UploadResponse:

@@ -7,8 +7,11 @@ controls when a request finishes, fails or hangs; everything else is the real st
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+
+import pytest
 
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.server.api.inference_servicer import InferenceServicer
@@ -46,7 +49,9 @@ def stream(
     return servicer.ModelStreamInfer(requests, None)  # type: ignore[arg-type]
 
 
-def test_an_unexpected_failure_is_an_error_response_naming_the_request() -> None:
+def test_an_unexpected_failure_is_an_error_response_naming_the_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async def behaviour(r: pb.ModelInferRequest) -> None:
         if r.id == "boom":
             raise KeyError("scripted")
@@ -61,7 +66,12 @@ def test_an_unexpected_failure_is_an_error_response_naming_the_request() -> None
     assert sorted(by_id) == ["a", "b", "boom", "c"] and len(replies) == 4
     assert not any(by_id[i].error_message for i in ("a", "b", "c"))
     message = by_id["boom"].error_message
-    assert "internal error" in message and "'boom'" in message and "KeyError" in message
+    # The client gets an id, never the exception; the log has both, and the request's id.
+    found = re.fullmatch(r"internal error ([0-9a-f]{12}): the server log has the details", message)
+    assert found, message
+    logged = [r for r in caplog.records if found.group(1) in r.getMessage()]
+    assert len(logged) == 1 and "'boom'" in logged[0].getMessage(), caplog.text
+    assert logged[0].exc_info is not None and logged[0].exc_info[0] is KeyError
 
 
 def test_requests_read_never_run_ahead_of_replies_taken_by_more_than_the_cap() -> None:
