@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from trtserve.server.settings import ServerSettings, SettingKind
 
 _EPILOG = """\
 Every setting can also come from a TOML file (--config, top level or a [server] table) or an
@@ -26,7 +31,7 @@ token (role infer) and /metrics listens on 127.0.0.1 unless --metrics-host is gi
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `serve` subcommand."""
-    from trtserve.server.settings import ServerSettings, env_name
+    from trtserve.server.settings import SETTINGS
 
     parser = subparsers.add_parser(
         "serve",
@@ -36,19 +41,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", type=Path, help="TOML settings file")
-    for f in fields(ServerSettings):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else None
-        help_text = f"{f.metadata.get('help', '')} (default {default!r}; env {env_name(f.name)})"
-        if str(f.type) == "bool":
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
-        elif str(f.type).startswith("tuple"):
-            parser.add_argument(flag, action="append", default=None, help=help_text)
-        else:
-            parser.add_argument(flag, default=None, help=help_text)
+    for setting in SETTINGS.values():
+        flag = "--" + setting.name.replace("_", "-")
+        help_text = f"{setting.help} (default {setting.default!r}; env {setting.env})"
+        # Values stay text here: load_settings converts every source the same way.
+        parser.add_argument(flag, action=_action(setting.kind), default=None, help=help_text)
     parser.set_defaults(func=run)
+
+
+def _action(kind: SettingKind) -> str | type[argparse.Action]:
+    """How a setting's flag is given: --x/--no-x for a boolean, repeated for a tuple."""
+    if kind.many:
+        return "append"
+    return argparse.BooleanOptionalAction if kind.scalar is bool else "store"
+
+
+def settings_of(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> ServerSettings:
+    """The settings from `serve`'s parsed flags, the environment (os.environ) and --config."""
+    from trtserve.server.settings import SETTINGS, load_settings
+
+    overrides = {name: getattr(args, name) for name in SETTINGS}
+    return load_settings(args.config, environ, overrides)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,13 +71,11 @@ def run(args: argparse.Namespace) -> int:
     from trtserve.server.api.auth import AuthConfigError
     from trtserve.server.app import serve
     from trtserve.server.logging_setup import configure_logging
-    from trtserve.server.settings import ServerSettings, load_settings
     from trtserve.server.tls import TlsConfigError
     from trtserve.server.transport import PortInUse
 
-    overrides = {f.name: getattr(args, f.name) for f in fields(ServerSettings)}
     try:
-        settings = load_settings(args.config, overrides=overrides)
+        settings = settings_of(args)
     except ValueError as error:
         print(f"trtserve serve: {error}")
         return 2

@@ -1,17 +1,18 @@
 """Server settings from defaults, a TOML file, TRTSERVE_* environment variables and flags.
 
-Later sources win: defaults < config file < environment < command-line flags.
+Later sources win: defaults < config file < environment < command-line flags. `SETTINGS`
+describes each field once, from its type, for both this loader and the `serve` flags.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType, UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 ENV_PREFIX = "TRTSERVE_"
 # Addresses that only this machine reaches; `insecure_local_admin` binds to one of them.
@@ -254,27 +255,117 @@ def env_name(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
-def _convert(f: dataclasses.Field[Any], value: Any) -> Any:
-    kind = str(f.type)
-    if kind.startswith("tuple"):
-        # Lists come comma-separated (environment) or repeated (flags, TOML): accept both.
-        raw = [value] if isinstance(value, str) else list(value)
-        items = [part.strip() for item in raw for part in str(item).split(",")]
-        inner = Path if "Path" in kind else str
-        return tuple(inner(v) for v in items if v)
-    if "Path" in kind:
-        return Path(value).expanduser() if value not in (None, "") else None
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        return str(value).strip().lower() in ("1", "true", "yes", "on")
-    if kind == "int":
-        return int(value)
-    if kind == "int | None":
-        return int(value) if value not in (None, "") else None
-    if kind == "float":
-        return float(value)
-    return str(value)
+_SCALARS: tuple[type, ...] = (str, int, float, bool, Path)
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+@dataclass(frozen=True)
+class SettingKind:
+    """What a setting holds: a scalar type, maybe None, or a tuple of that scalar."""
+
+    scalar: type
+    optional: bool = False
+    many: bool = False
+
+    @classmethod
+    def of(cls, hint: Any) -> SettingKind:
+        """The kind of a resolved field type; TypeError for a type the sources cannot give."""
+        origin, args = get_origin(hint), get_args(hint)
+        if origin in (Union, UnionType) and type(None) in args and len(args) == 2:
+            inner = cls.of(next(a for a in args if a is not type(None)))
+            if not inner.optional and not inner.many:
+                return cls(inner.scalar, optional=True)
+        elif origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            inner = cls.of(args[0])
+            if not inner.optional and not inner.many:
+                return cls(inner.scalar, many=True)
+        elif hint in _SCALARS:
+            return cls(hint)
+        raise TypeError(f"setting type {hint!r}: expected one of {_SCALARS}, optional or a tuple")
+
+    @property
+    def label(self) -> str:
+        """The type as annotated, for messages: 'int', 'Path | None', 'tuple[str, ...]'."""
+        name = self.scalar.__name__
+        if self.many:
+            return f"tuple[{name}, ...]"
+        return f"{name} | None" if self.optional else name
+
+    def convert(self, value: Any) -> Any:
+        """`value` from TOML, the environment or a flag as this kind; ValueError if it is not."""
+        if self.many:
+            # Lists come comma-separated (environment) or repeated (flags, TOML): accept both.
+            if not isinstance(value, str | list | tuple):
+                raise ValueError("expected text or a list")
+            raw = [value] if isinstance(value, str) else value
+            items = (part.strip() for item in raw for part in str(item).split(","))
+            return tuple(self._scalar(item) for item in items if item)
+        if self.optional and value in (None, ""):
+            return None
+        if isinstance(value, list | tuple | dict):
+            raise ValueError("a list or table for a single value")
+        return self._scalar(value)
+
+    def _scalar(self, value: Any) -> Any:
+        if self.scalar is bool:
+            return _boolean(value)
+        # TOML has its own booleans and floats: `port = true` or `= 8001.5` is a mistake.
+        if isinstance(value, bool) or (self.scalar is int and isinstance(value, float)):
+            raise ValueError(f"a {type(value).__name__}")
+        if self.scalar is Path:
+            return Path(value).expanduser()
+        return self.scalar(value)
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in _TRUE | _FALSE:
+        raise ValueError(text)
+    return text in _TRUE
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One field of ServerSettings as the sources see it: its kind, default and help."""
+
+    name: str
+    kind: SettingKind
+    default: Any
+    help: str
+
+    @property
+    def env(self) -> str:
+        """Its environment variable."""
+        return env_name(self.name)
+
+    def convert(self, value: Any) -> Any:
+        """`value` as this setting's kind; ValueError naming the setting, type and value."""
+        try:
+            return self.kind.convert(value)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"setting {self.name}: expected {self.kind.label}, received {value!r}"
+            ) from error
+
+
+def _describe(cls: type[Any]) -> dict[str, Setting]:
+    # The module uses postponed annotations: field.type is text, resolved here once.
+    hints = get_type_hints(cls)
+    return {
+        f.name: Setting(
+            f.name,
+            SettingKind.of(hints[f.name]),
+            None if f.default is MISSING else f.default,
+            f.metadata.get("help", ""),
+        )
+        for f in fields(cls)
+    }
+
+
+SETTINGS: Mapping[str, Setting] = MappingProxyType(_describe(ServerSettings))
 
 
 def load_settings(
@@ -288,24 +379,17 @@ def load_settings(
     if config_file is not None:
         data = tomllib.loads(config_file.read_text())
         data = data.get("server", data)
-        known = {f.name for f in fields(ServerSettings)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - set(SETTINGS))
         if unknown:
-            raise ValueError(f"{config_file}: unknown settings {unknown}; known: {sorted(known)}")
+            raise ValueError(
+                f"{config_file}: unknown settings {unknown}; known: {sorted(SETTINGS)}"
+            )
         values.update(data)
-    for f in fields(ServerSettings):
-        if env_name(f.name) in environ:
-            values[f.name] = environ[env_name(f.name)]
+    for setting in SETTINGS.values():
+        if setting.env in environ:
+            values[setting.name] = environ[setting.env]
     for name, value in (overrides or {}).items():
         if value is not None:
             values[name] = value
-    converted: dict[str, Any] = {}
-    for f in fields(ServerSettings):
-        if f.name in values:
-            try:
-                converted[f.name] = _convert(f, values[f.name])
-            except ValueError as error:
-                raise ValueError(
-                    f"setting {f.name}: expected {f.type}, received {values[f.name]!r}"
-                ) from error
+    converted = {name: SETTINGS[name].convert(value) for name, value in values.items()}
     return ServerSettings(**converted)

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from trtserve.server.settings import ServerSettings, load_settings
+from trtserve.cli.main import build_parser
+from trtserve.cli.serve import settings_of
+from trtserve.server.settings import (
+    SETTINGS,
+    ServerSettings,
+    SettingKind,
+    env_name,
+    load_settings,
+)
 
 
 def test_defaults_without_sources() -> None:
@@ -116,3 +126,118 @@ def test_max_stream_in_flight_from_file_and_positive(tmp_path: Path) -> None:
         ValueError, match="setting max_stream_in_flight: expected a positive integer, received 0"
     ):
         load_settings(environ={"TRTSERVE_MAX_STREAM_IN_FLIGHT": "0"})
+
+
+# --- each kind of setting, from each source ------------------------------------------------
+
+# (setting, TOML value, environment text, flags, expected): one setting of each kind.
+KIND_CASES = [
+    ("repository", '"/models"', "/models", ["--repository", "/models"], Path("/models")),
+    ("trusted_keys", '["/k/a.pub", "/k/b.pub"]', "/k/a.pub,/k/b.pub",
+     ["--trusted-keys", "/k/a.pub", "--trusted-keys", "/k/b.pub"],
+     (Path("/k/a.pub"), Path("/k/b.pub"))),
+    ("preload_runtimes", '["10.16.1.11", "11.0.0.114"]', "10.16.1.11, 11.0.0.114",
+     ["--preload-runtimes", "10.16.1.11,11.0.0.114"], ("10.16.1.11", "11.0.0.114")),
+    ("allow_runtime_install", "true", "yes", ["--allow-runtime-install"], True),
+    ("probe_plans", "false", "0", ["--no-probe-plans"], False),
+    ("grpc_port", "9001", "9001", ["--grpc-port", "9001"], 9001),
+    ("grace_period_s", "2.5", "2.5", ["--grace-period-s", "2.5"], 2.5),
+    ("log_format", '"json"', "json", ["--log-format", "json"], "json"),
+    ("max_connections", "500", "500", ["--max-connections", "500"], 500),
+    ("metrics_host", '"::1"', "::1", ["--metrics-host", "::1"], "::1"),
+]  # fmt: skip
+KIND_IDS = [case[0] for case in KIND_CASES]
+
+
+def serve_flags(argv: list[str]) -> ServerSettings:
+    args = build_parser().parse_args(["serve", *argv])
+    return settings_of(args, environ={})
+
+
+@pytest.mark.parametrize(("name", "toml", "env", "flags", "expected"), KIND_CASES, ids=KIND_IDS)
+def test_each_kind_from_toml_environment_and_flags(
+    tmp_path: Path, name: str, toml: str, env: str, flags: list[str], expected: object
+) -> None:
+    config = tmp_path / "trtserve.toml"
+    config.write_text(f"{name} = {toml}\n")
+    from_file = getattr(load_settings(config, environ={}), name)
+    from_env = getattr(load_settings(environ={env_name(name): env}), name)
+    from_flags = getattr(serve_flags(flags), name)
+    assert (from_file, from_env, from_flags) == (expected, expected, expected)
+    assert type(from_file) is type(expected)
+
+
+def test_flags_not_given_leave_the_defaults() -> None:
+    assert serve_flags([]) == ServerSettings()
+
+
+def test_kinds_come_from_the_field_types() -> None:
+    labels = {name: SETTINGS[name].kind.label for name in KIND_IDS}
+    assert labels == {
+        "repository": "Path | None",
+        "trusted_keys": "tuple[Path, ...]",
+        "preload_runtimes": "tuple[str, ...]",
+        "allow_runtime_install": "bool",
+        "probe_plans": "bool",
+        "grpc_port": "int",
+        "grace_period_s": "float",
+        "log_format": "str",
+        "max_connections": "int | None",
+        "metrics_host": "str | None",
+    }
+    assert set(SETTINGS) == {f.name for f in fields(ServerSettings)}
+
+
+def test_a_type_no_source_can_give_is_refused() -> None:
+    for hint in (list[str], dict[str, int], tuple[int, int], tuple[Path | None, ...], bytes):
+        with pytest.raises(TypeError, match="expected one of"):
+            SettingKind.of(hint)
+
+
+def test_empty_optional_values_are_none_and_paths_expand_home() -> None:
+    empty = {env_name(name): "" for name in ("repository", "max_connections", "metrics_host")}
+    settings = load_settings(environ=empty)
+    assert (settings.repository, settings.max_connections, settings.metrics_host) == (None,) * 3
+    home = load_settings(environ={"TRTSERVE_RUNTIMES_DIR": "~/runtimes"}).runtimes_dir
+    assert home == Path.home() / "runtimes"
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"TRTSERVE_PROBE_PLANS": "maybe"}, "setting probe_plans: expected bool, received 'maybe'"),
+        ({"TRTSERVE_MAX_CONNECTIONS": "many"},
+         "setting max_connections: expected int | None, received 'many'"),
+        ({"TRTSERVE_GRACE_PERIOD_S": "soon"},
+         "setting grace_period_s: expected float, received 'soon'"),
+        ("grpc_port = 8001.5", "setting grpc_port: expected int, received 8001.5"),
+        ("grpc_port = true", "setting grpc_port: expected int, received True"),
+        ("log_level = [\"INFO\"]", "setting log_level: expected str, received ['INFO']"),
+        ("preload_runtimes = 11",
+         "setting preload_runtimes: expected tuple[str, ...], received 11"),
+    ],
+    ids=["bool", "optional-int", "float", "toml-float-for-int", "toml-bool-for-int", "toml-list",
+         "toml-int-for-tuple"],
+)  # fmt: skip
+def test_bad_values_name_setting_type_and_value(
+    tmp_path: Path, source: dict[str, str] | str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        if isinstance(source, str):
+            config = tmp_path / "trtserve.toml"
+            config.write_text(source + "\n")
+            load_settings(config, environ={})
+        else:
+            load_settings(environ=source)
+
+
+def test_bad_flag_value_names_the_setting() -> None:
+    with pytest.raises(ValueError, match=r"setting grpc_port: expected int, received 'x'"):
+        serve_flags(["--grpc-port", "x"])
+
+
+def test_insecure_local_admin_with_credentials_is_refused_by_the_settings() -> None:
+    mutual_tls = {"TRTSERVE_TLS_CLIENT_CA": "ca", "TRTSERVE_TLS_CERT": "c", "TRTSERVE_TLS_KEY": "k"}
+    for credentials in ({"TRTSERVE_AUTH_TOKENS_FILE": "tokens"}, mutual_tls):
+        with pytest.raises(ValueError, match=r"setting insecure_local_admin: .* auth_tokens_file"):
+            load_settings(environ={"TRTSERVE_INSECURE_LOCAL_ADMIN": "1", **credentials})

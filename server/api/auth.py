@@ -257,14 +257,13 @@ class AccessPolicy:
         client_roles: Sequence[str] = (),
         insecure_local_admin: bool = False,
     ) -> AccessPolicy:
-        """The policy for the configured credentials (AuthConfigError on a bad file)."""
+        """The policy for the configured credentials (AuthConfigError on a bad file).
+
+        ServerSettings refuses `insecure_local_admin` together with credentials; should both
+        arrive here anyway, the credentials are required (the safer reading).
+        """
         tokens = TokenFile(tokens_file) if tokens_file is not None else None
         mapping, default = parse_client_roles(client_roles)
-        if insecure_local_admin and (tokens is not None or mutual_tls):
-            raise AuthConfigError(
-                "setting insecure_local_admin: cannot be combined with auth_tokens_file or "
-                "tls_client_ca"
-            )
         if tokens is not None or mutual_tls:
             anonymous = None
         else:
