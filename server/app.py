@@ -22,13 +22,15 @@ from trtserve.protocol import grpc_service_pb2, trtserve_pb2
 from trtserve.protocol.allocator import reuse_freed_memory
 from trtserve.server.api.auth import AccessGuard, AccessPolicy
 from trtserve.server.api.health import GuardedHealthServicer
-from trtserve.server.api.inference_servicer import InferenceServicer, ServingState
+from trtserve.server.api.inference_servicer import InferenceServicer
 from trtserve.server.api.registration import add_service
 from trtserve.server.api.upload_servicer import UploadServicer
 from trtserve.server.backends.base import Backend
 from trtserve.server.backends.onnxruntime_backend import OnnxRuntimeBackend
 from trtserve.server.backends.tensorrt_backend import PLATFORM as TENSORRT_PLATFORM
 from trtserve.server.backends.tensorrt_backend import TensorRTBackend
+from trtserve.server.dataplane.dataplane import DataPlane
+from trtserve.server.dataplane.serving_state import ServingState
 from trtserve.server.default_model import write_default_repository
 from trtserve.server.limits import RequestLimits
 from trtserve.server.metrics import ServerMetrics
@@ -208,13 +210,9 @@ async def start_server(
     # error mapping (the policy leaves health open: probes carry no credentials). Reflection
     # is open to every caller.
     guard = AccessGuard(policy).wrap
-    add_service(
-        server,
-        InferenceServicer(manager, metrics, state, server_version(), limits),
-        inference_service,
-        guard,
-    )
-    add_service(server, UploadServicer(manager, limits), upload_service, guard)
+    plane = DataPlane(manager, metrics, state, server_version(), limits)
+    add_service(server, InferenceServicer(plane), inference_service, guard)
+    add_service(server, UploadServicer(plane), upload_service, guard)
     health_service = health_pb2.DESCRIPTOR.services_by_name["Health"]
     add_service(server, health_servicer, health_service, guard)
     reflection.enable_server_reflection(

@@ -42,9 +42,9 @@ class CheckedRequest(NamedTuple):
     # Decoding builds objects per element (BYTES, typed contents) for this many elements.
     per_element: int
 
-
-# Decoding more elements one by one than this (a few ms) runs off the event loop.
-OFF_LOOP_ELEMENTS = 1 << 14
+    def decode(self) -> InferenceRequest:
+        """The tensors decoded (see decode_tensors)."""
+        return decode_tensors(self)
 
 
 def check_request(
@@ -101,14 +101,6 @@ def decode_request(
 ) -> InferenceRequest:
     """check_request, then decode_tensors."""
     return decode_tensors(check_request(request, model, deadline, limits))
-
-
-def many_objects(response: InferenceResponse) -> bool:
-    """Whether encoding the response builds more than OFF_LOOP_ELEMENTS objects (BYTES)."""
-    return any(
-        array.dtype.kind == "O" and array.size > OFF_LOOP_ELEMENTS
-        for array in response.outputs.values()
-    )
 
 
 def encode_response(

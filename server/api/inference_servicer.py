@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -14,21 +13,16 @@ import grpc
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from trtserve.server.api.codec import (
-    OFF_LOOP_ELEMENTS,
+    CheckedRequest,
     check_request,
-    decode_tensors,
     encode_response,
     encode_response_bytes,
-    many_objects,
 )
-from trtserve.server.api.heap_release import HeapRelease
 from trtserve.server.api.registration import UndecodableRequest, require_message
 from trtserve.server.api.statistics import model_statistics
-from trtserve.server.api.status import client_message, outcome
-from trtserve.server.errors import InvalidArgument, ServerError, Unavailable
-from trtserve.server.limits import RequestLimits, check_upload_size
-from trtserve.server.metrics import ServerMetrics
-from trtserve.server.models.manager import ModelManager
+from trtserve.server.api.status import client_message
+from trtserve.server.dataplane.dataplane import DataPlane, WhenDone
+from trtserve.server.errors import InvalidArgument
 from trtserve.server.models.serving_model import ServingModel
 from trtserve.server.repository.model_config import config_from_settings
 from trtserve.server.repository.repository import check_model_name, check_relative_path
@@ -39,89 +33,41 @@ log = logging.getLogger(__name__)
 # A unary reply is pre-serialized bytes, a stream reply a message (see codec).
 Reply = TypeVar("Reply", bytes, pb.ModelInferResponse)
 
-SERVER_NAME = "trtserve"
-EXTENSIONS = ("model_repository", "model_configuration", "statistics", "binary_tensor_data")
-
-
-class ServingState:
-    """Whether the server takes new inference requests, and how many are in flight."""
-
-    def __init__(self) -> None:
-        self.ready = False
-        self.draining = False
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    @contextlib.contextmanager
-    def track(self) -> Iterator[None]:
-        """Count one inference request while it runs."""
-        self._in_flight += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
-
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no inference request is in flight; False if `timeout` passed first."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """Translates v2 RPCs into model manager calls."""
+    """The v2 RPCs as data plane calls: parse the message, call, encode the reply."""
 
-    def __init__(
-        self,
-        manager: ModelManager,
-        metrics: ServerMetrics,
-        state: ServingState,
-        version: str,
-        limits: RequestLimits,
-    ) -> None:
-        self._manager = manager
-        self._metrics = metrics
-        self._state = state
-        self._version = version
-        self._limits = limits
-        self._heap_release = HeapRelease()
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: object
     ) -> pb.ServerLiveResponse:
-        return pb.ServerLiveResponse(live=True)
+        return pb.ServerLiveResponse(live=self._plane.live())
 
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: object
     ) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self._state.ready and not self._state.draining)
+        return pb.ServerReadyResponse(ready=self._plane.ready())
 
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: object
     ) -> pb.ServerMetadataResponse:
+        info = self._plane.info()
         return pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=self._version, extensions=EXTENSIONS
+            name=info.name, version=info.version, extensions=info.extensions
         )
 
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: object
     ) -> pb.ModelReadyResponse:
-        try:
-            self._manager.get(_required(request.name, "name"), request.version)
-        except ServerError:
-            return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=not self._state.draining)
+        name = _required(request.name, "name")
+        return pb.ModelReadyResponse(ready=self._plane.model_ready(name, request.version))
 
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: object
     ) -> pb.ModelMetadataResponse:
-        model = self._manager.get(_required(request.name, "name"), request.version)
+        model = self._plane.model(_required(request.name, "name"), request.version)
         batch = [-1] if model.settings.max_batch_size > 0 else []
         reply = pb.ModelMetadataResponse(
             name=model.name, versions=[str(model.version)], platform=model.settings.platform
@@ -137,23 +83,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: object
     ) -> pb.ModelConfigResponse:
-        model = self._manager.get(_required(request.name, "name"), request.version)
+        model = self._plane.model(_required(request.name, "name"), request.version)
         return pb.ModelConfigResponse(config=config_from_settings(model.settings, model.io))
 
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: object
     ) -> pb.ModelStatisticsResponse:
-        if request.name:
-            self._manager.get(request.name, request.version)
-        return model_statistics(self._metrics, request.name, request.version)
+        return model_statistics(self._plane.statistics(request.name, request.version))
 
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: object
     ) -> pb.RepositoryIndexResponse:
         reply = pb.RepositoryIndexResponse()
-        for entry in self._manager.index():
-            if request.ready and entry.state != "READY":
-                continue
+        for entry in self._plane.index(ready_only=request.ready):
             reply.models.add(
                 name=entry.name, version=entry.version, state=entry.state, reason=entry.reason
             )
@@ -165,23 +107,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # Every name is checked before anything is written.
         name = check_model_name(_required(request.model_name, "model_name"))
         config_json, files = _load_parameters(request)
-        # Files sent with a load are an upload: they count against the same limits.
-        slot: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
-        if files:
-            check_upload_size(
-                f"model '{name}' file overrides",
-                sum(len(data) for data in files.values()),
-                self._limits.max_upload_bytes,
-            )
-            slot = self._limits.uploads.slot()
-        with slot:
-            await self._manager.load(name, config_json=config_json, files=files)
+        await self._plane.load(name, config_json, files)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: object
     ) -> pb.RepositoryModelUnloadResponse:
-        await self._manager.unload(_required(request.model_name, "model_name"))
+        await self._plane.unload(_required(request.model_name, "model_name"))
         return pb.RepositoryModelUnloadResponse()
 
     async def ModelInfer(
@@ -201,7 +133,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # waits for a free slot before it reads on: a client that stops reading replies stops
         # the reader, HTTP/2 flow control then stops the client, and the stream holds at most
         # `max_stream_in_flight` requests and replies beyond what gRPC's windows buffer.
-        slots = asyncio.Semaphore(self._limits.max_stream_in_flight)
+        slots = asyncio.Semaphore(self._plane.limits.max_stream_in_flight)
         # Never longer than the slots (plus the end marker), so it needs no bound of its own.
         replies: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         reader = asyncio.create_task(self._read_stream(request_iterator, replies, slots))
@@ -262,69 +194,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         encode: Callable[[pb.ModelInferRequest, ServingModel, InferenceResponse], Reply],
         context: grpc.aio.ServicerContext[Any, Any] | None = None,
     ) -> Reply:
-        with self._state.track():
-            return await self._infer_tracked(request, deadline, encode, context)
+        limits = self._plane.limits
 
-    async def _infer_tracked(
-        self,
-        request: pb.ModelInferRequest,
-        deadline: float | None,
-        encode: Callable[[pb.ModelInferRequest, ServingModel, InferenceResponse], Reply],
-        context: grpc.aio.ServicerContext[Any, Any] | None,
-    ) -> Reply:
-        started = time.perf_counter_ns()
-        if self._state.draining:
-            raise Unavailable("server is shutting down; retry on another replica")
-        # Metrics are labelled only with models and versions that exist, so clients cannot
-        # grow them (or ModelStatistics) by naming made-up ones.
-        model = self._manager.get(
-            _required(request.model_name, "model_name"), request.model_version
+        def prepare(model: ServingModel) -> CheckedRequest:
+            return check_request(request, model, deadline, limits)
+
+        def encode_reply(model: ServingModel, response: InferenceResponse) -> Reply:
+            return encode(request, model, response)
+
+        return await self._plane.infer(
+            _required(request.model_name, "model_name"),
+            request.model_version,
+            prepare,
+            encode_reply,
+            None if context is None else _when_done(context),
         )
-        queue_ns: int | None = None
-        batch_size = 1
-        # Stays "cancelled" when the client goes away and the task is cancelled mid-request.
-        result = "cancelled"
-        # Whether decoding or encoding built objects per element (see HeapRelease).
-        many = False
-        try:
-            checked = check_request(request, model, deadline, self._limits)
-            # Small raw requests decode inline (zero-copy, microseconds); a large BYTES or
-            # typed request would hold the loop for seconds, so a worker thread decodes it.
-            if checked.per_element > OFF_LOOP_ELEMENTS:
-                many = True
-                inputs = await asyncio.to_thread(decode_tensors, checked)
-            else:
-                inputs = decode_tensors(checked)
-            batch_size = inputs.batch_size
-            response = await model.scheduler.submit(inputs)
-            queue_ns = response.queue_ns
-            if many_objects(response):
-                many = True
-                reply = await asyncio.to_thread(encode, request, model, response)
-            else:
-                reply = encode(request, model, response)
-            result = "success"
-            return reply
-        except Exception as e:
-            result = outcome(e)
-            raise
-        finally:
-            model.metrics.record_request(
-                result, time.perf_counter_ns() - started, queue_ns, batch_size
-            )
-            if many:
-                self._release_after(context)
 
-    def _release_after(self, context: grpc.aio.ServicerContext[Any, Any] | None) -> None:
-        """Release freed memory once the call is over (gRPC frees the messages only then)."""
-        if context is None:
-            self._heap_release.after_request()
-        else:
-            # grpc-stubs types the callback as a class, where grpc takes any callable.
-            context.add_done_callback(self._call_done)  # type: ignore[arg-type]
 
-    def _call_done(self, context: object) -> None:
-        self._heap_release.after_request()
+def _when_done(context: grpc.aio.ServicerContext[Any, Any]) -> WhenDone:
+    """Run a function once the call is over (gRPC frees its messages only then)."""
+
+    def register(run: Callable[[], None]) -> None:
+        # grpc-stubs types the callback as a class, where grpc takes any callable.
+        context.add_done_callback(lambda _context: run())  # type: ignore[arg-type]
+
+    return register
 
 
 def _stream_error(

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from trtserve.protocol import grpc_service_pb2 as pb
-from trtserve.server.metrics import Duration, ServerMetrics
+from trtserve.server.metrics import Duration, VersionStats
 
 
 def _duration(d: Duration) -> pb.StatisticDuration:
     return pb.StatisticDuration(count=d.count, ns=d.ns)
 
 
-def model_statistics(metrics: ServerMetrics, name: str, version: str) -> pb.ModelStatisticsResponse:
-    """Statistics of every model version matching `name` and `version` (empty: all)."""
+def model_statistics(versions: list[tuple[str, str, VersionStats]]) -> pb.ModelStatisticsResponse:
+    """The ModelStatistics response for each (model, version, statistics)."""
     reply = pb.ModelStatisticsResponse()
-    for (model, ver), s in sorted(metrics.snapshot().items()):
-        if (name and model != name) or (version and ver != version):
-            continue
+    for model, ver, s in versions:
         stats = reply.model_stats.add(
             name=model,
             version=ver,

@@ -53,11 +53,6 @@ def client_message(error: Exception, where: str) -> str:
     return f"internal error {error_id}: the server log has the details"
 
 
-def outcome(error: BaseException | None) -> str:
-    """The `outcome` label of a request metric."""
-    return "success" if error is None else status_code(error).name.lower()
-
-
 def with_statuses(method: str, handler: Handler) -> Handler:
     """`handler` for the full method name `method`, its errors answered as gRPC statuses."""
     codecs = {

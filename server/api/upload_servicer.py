@@ -10,14 +10,14 @@ from typing import Any
 from trtserve.protocol import trtserve_pb2 as tpb
 from trtserve.protocol import trtserve_pb2_grpc as tpb_grpc
 from trtserve.server.api.registration import require_message
+from trtserve.server.dataplane.dataplane import DataPlane
 from trtserve.server.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
 )
-from trtserve.server.limits import RequestLimits, check_upload_size
-from trtserve.server.models.manager import ModelManager
+from trtserve.server.limits import check_upload_size
 from trtserve.server.repository.repository import check_model_name, check_relative_path
 from trtserve.server.repository.staging import stage
 
@@ -34,9 +34,9 @@ class UploadServicer(tpb_grpc.ModelUploadServicer):
     load fails, the file is removed again and the previous version keeps serving.
     """
 
-    def __init__(self, manager: ModelManager, limits: RequestLimits) -> None:
-        self._manager = manager
-        self._limits = limits
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
+        self._limits = plane.limits
         # Versions being uploaded now, per model, so two uploads never pick the same one.
         self._writing: dict[str, set[int]] = {}
 
@@ -64,7 +64,7 @@ class UploadServicer(tpb_grpc.ModelUploadServicer):
         writer = asyncio.ensure_future(
             asyncio.to_thread(
                 stage,
-                self._manager.repository,
+                self._plane.repository,
                 name,
                 relative_path,
                 _chunks_from(chunks, asyncio.get_running_loop(), header.total_bytes),
@@ -77,9 +77,7 @@ class UploadServicer(tpb_grpc.ModelUploadServicer):
         await _feed(request_iterator, chunks, writer)
         staged = await writer
         try:
-            await self._manager.load(
-                name, config_json=header.config_json or None, files={relative_path: staged}
-            )
+            await self._plane.load(name, header.config_json or None, {relative_path: staged})
         finally:
             await asyncio.to_thread(staged.discard)
         return tpb.UploadResponse(
@@ -107,7 +105,7 @@ class UploadServicer(tpb_grpc.ModelUploadServicer):
     async def _reserve_version(self, name: str, requested: int) -> int:
         """The version to write (`requested`, or one above the newest), held until released."""
         try:
-            versions = await asyncio.to_thread(self._manager.repository.versions, name)
+            versions = await asyncio.to_thread(self._plane.repository.versions, name)
         except NotFound:  # a new model: its folder is created by the write
             versions = []
         # No await from here on: the choice and the reservation are one step on the loop.

@@ -22,8 +22,8 @@ from tiny_models import write_identity_model
 from trtserve.protocol import allocator, tensors
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.protocol import grpc_service_pb2_grpc as pb_grpc
-from trtserve.server.api.codec import OFF_LOOP_ELEMENTS
 from trtserve.server.app import RunningServer, start_server
+from trtserve.server.dataplane.dataplane import OFF_LOOP_ELEMENTS
 from trtserve.server.settings import ServerSettings
 
 MAX_BYTES_ELEMENTS = 4 * OFF_LOOP_ELEMENTS

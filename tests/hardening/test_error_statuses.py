@@ -20,7 +20,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from trtserve.protocol import trtserve_pb2, trtserve_pb2_grpc
+from trtserve.server import errors
 from trtserve.server.api.registration import add_service
+from trtserve.server.api.status import status_code
 from trtserve.server.errors import InvalidArgument, NotFound
 
 SECRET = "secret-detail-0123"
@@ -162,3 +164,13 @@ def test_every_kind_of_method_maps_its_errors_in_one_way(caplog: pytest.LogCaptu
         logged = [r for r in caplog.records if error_id in r.getMessage()]
         assert len(logged) == 1, (error_id, caplog.text)
         assert logged[0].exc_info is not None and SECRET in str(logged[0].exc_info[1])
+
+
+@pytest.mark.parametrize("kind", errors.ServerError.__subclasses__())
+def test_each_error_kind_labels_metrics_as_its_status(kind: type[errors.ServerError]) -> None:
+    error = kind("x")
+    assert errors.outcome(error) == status_code(error).name.lower()
+
+
+def test_unexpected_errors_label_metrics_internal() -> None:
+    assert errors.outcome(RuntimeError("x")) == "internal" and errors.outcome(None) == "success"

@@ -16,6 +16,8 @@ import pytest
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.server.api.inference_servicer import InferenceServicer
 from trtserve.server.app import request_limits
+from trtserve.server.dataplane.dataplane import DataPlane
+from trtserve.server.dataplane.serving_state import ServingState
 from trtserve.server.settings import ServerSettings
 
 STEP_TIMEOUT_S = 5.0
@@ -26,7 +28,8 @@ class ScriptedServicer(InferenceServicer):
 
     def __init__(self, cap: int, behaviour: Callable[[pb.ModelInferRequest], Any]) -> None:
         limits = request_limits(ServerSettings(max_stream_in_flight=cap))
-        super().__init__(None, None, None, "test", limits)  # type: ignore[arg-type]
+        plane = DataPlane(None, None, ServingState(), "test", limits)  # type: ignore[arg-type]
+        super().__init__(plane)
         self.behaviour = behaviour
 
     async def _infer(self, request: Any, deadline: Any, encode: Any) -> Any:

@@ -1,0 +1,1 @@
+"""The protocol-neutral data plane between the transports and the models."""

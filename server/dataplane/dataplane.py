@@ -1,0 +1,232 @@
+"""The protocol-neutral server: what every transport (gRPC today, REST later) calls.
+
+A transport parses its wire format, calls one method here and encodes the result; everything
+that is the same whatever the protocol lives here: readiness and draining, model lookup,
+limits on repository changes, statistics, and the inference path (tracking for drain,
+metrics, decoding big requests off the event loop, handing memory back after them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from trtserve.server.dataplane.heap_release import HeapRelease
+from trtserve.server.dataplane.serving_state import ServingState
+from trtserve.server.errors import ServerError, Unavailable, outcome
+from trtserve.server.limits import RequestLimits, check_upload_size
+from trtserve.server.metrics import ServerMetrics, VersionStats
+from trtserve.server.models.manager import IndexEntry, ModelManager
+from trtserve.server.models.serving_model import ServingModel
+from trtserve.server.repository.repository import ModelRepository, check_model_name
+from trtserve.server.repository.staging import StagedFile
+from trtserve.server.scheduler.request import InferenceRequest, InferenceResponse
+
+SERVER_NAME = "trtserve"
+EXTENSIONS = ("model_repository", "model_configuration", "statistics", "binary_tensor_data")
+# Decoding or encoding more elements one by one than this (a few ms) runs off the event loop.
+OFF_LOOP_ELEMENTS = 1 << 14
+
+Reply = TypeVar("Reply")
+
+
+class PreparedRequest(Protocol):
+    """A request whose headers a transport has checked against the model; not decoded yet."""
+
+    @property
+    def per_element(self) -> int:
+        """How many elements decoding builds one object for (BYTES, typed contents)."""
+
+    def decode(self) -> InferenceRequest:
+        """The request's tensors as arrays (zero-copy where the wire allows)."""
+
+
+# A transport's hook to run a function once its call is over (gRPC frees messages only then).
+WhenDone = Callable[[Callable[[], None]], None]
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What ServerMetadata reports."""
+
+    name: str
+    version: str
+    extensions: tuple[str, ...]
+
+
+class DataPlane:
+    """The server's operations, independent of how requests arrive."""
+
+    def __init__(
+        self,
+        manager: ModelManager,
+        metrics: ServerMetrics,
+        state: ServingState,
+        version: str,
+        limits: RequestLimits,
+    ) -> None:
+        self.state = state
+        self.limits = limits
+        self._manager = manager
+        self._metrics = metrics
+        self._info = ServerInfo(SERVER_NAME, version, EXTENSIONS)
+        self._heap_release = HeapRelease()
+
+    # --- server ------------------------------------------------------------------------------
+
+    def live(self) -> bool:
+        """Whether the process answers (always, while it can answer at all)."""
+        return True
+
+    def ready(self) -> bool:
+        """Whether the server takes inference requests."""
+        return self.state.ready and not self.state.draining
+
+    def info(self) -> ServerInfo:
+        """Name, version and protocol extensions."""
+        return self._info
+
+    # --- models ------------------------------------------------------------------------------
+
+    def model(self, name: str, version: str = "") -> ServingModel:
+        """The serving model; NotFound or Unavailable naming why not."""
+        return self._manager.get(name, version)
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        """Whether the model (version) takes requests now."""
+        try:
+            self._manager.get(name, version)
+        except ServerError:
+            return False
+        return not self.state.draining
+
+    def statistics(self, name: str, version: str) -> list[tuple[str, str, VersionStats]]:
+        """Statistics of every served version matching `name` and `version` (empty: all)."""
+        if name:
+            self._manager.get(name, version)
+        return [
+            (model, ver, stats)
+            for (model, ver), stats in sorted(self._metrics.snapshot().items())
+            if (not name or model == name) and (not version or ver == version)
+        ]
+
+    def index(self, ready_only: bool) -> list[IndexEntry]:
+        """Every model known here or in the repository, with its state."""
+        return [e for e in self._manager.index() if not ready_only or e.state == "READY"]
+
+    # --- repository control ------------------------------------------------------------------
+
+    @property
+    def repository(self) -> ModelRepository:
+        """The model repository (uploads stage their files in it)."""
+        return self._manager.repository
+
+    async def load(
+        self,
+        name: str,
+        config_json: str | None = None,
+        files: Mapping[str, bytes | StagedFile] | None = None,
+    ) -> None:
+        """(Re)load a model, first writing the given config and files."""
+        check_model_name(name)
+        slot: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+        inline = {path: data for path, data in (files or {}).items() if isinstance(data, bytes)}
+        if inline:
+            # Files sent with a load are an upload: they count against the same limits.
+            check_upload_size(
+                f"model '{name}' file overrides",
+                sum(len(data) for data in inline.values()),
+                self.limits.max_upload_bytes,
+            )
+            slot = self.limits.uploads.slot()
+        with slot:
+            await self._manager.load(name, config_json=config_json, files=files)
+
+    async def unload(self, name: str) -> None:
+        """Stop serving a model; its files stay in the repository."""
+        await self._manager.unload(name)
+
+    # --- inference ---------------------------------------------------------------------------
+
+    async def infer(
+        self,
+        name: str,
+        version: str,
+        prepare: Callable[[ServingModel], PreparedRequest],
+        encode: Callable[[ServingModel, InferenceResponse], Reply],
+        when_done: WhenDone | None = None,
+    ) -> Reply:
+        """Run one request: `prepare` checks it against the model, `encode` builds the reply.
+
+        `when_done`, if given, runs a function once the transport's call is over.
+        """
+        with self.state.track():
+            return await self._infer(name, version, prepare, encode, when_done)
+
+    async def _infer(
+        self,
+        name: str,
+        version: str,
+        prepare: Callable[[ServingModel], PreparedRequest],
+        encode: Callable[[ServingModel, InferenceResponse], Reply],
+        when_done: WhenDone | None,
+    ) -> Reply:
+        started = time.perf_counter_ns()
+        if self.state.draining:
+            raise Unavailable("server is shutting down; retry on another replica")
+        # Metrics are labelled only with models and versions that exist, so clients cannot
+        # grow them (or ModelStatistics) by naming made-up ones.
+        model = self._manager.get(name, version)
+        queue_ns: int | None = None
+        batch_size = 1
+        # Stays "cancelled" when the client goes away and the task is cancelled mid-request.
+        result = "cancelled"
+        # Whether decoding or encoding built objects per element (see HeapRelease).
+        many = False
+        try:
+            prepared = prepare(model)
+            # Small raw requests decode inline (zero-copy, microseconds); a large BYTES or
+            # typed request would hold the loop for seconds, so a worker thread decodes it.
+            if prepared.per_element > OFF_LOOP_ELEMENTS:
+                many = True
+                inputs = await asyncio.to_thread(prepared.decode)
+            else:
+                inputs = prepared.decode()
+            batch_size = inputs.batch_size
+            response = await model.scheduler.submit(inputs)
+            queue_ns = response.queue_ns
+            if many_objects(response):
+                many = True
+                reply = await asyncio.to_thread(encode, model, response)
+            else:
+                reply = encode(model, response)
+            result = "success"
+            return reply
+        except Exception as e:
+            result = outcome(e)
+            raise
+        finally:
+            model.metrics.record_request(
+                result, time.perf_counter_ns() - started, queue_ns, batch_size
+            )
+            if many:
+                self._release_after(when_done)
+
+    def _release_after(self, when_done: WhenDone | None) -> None:
+        """Release freed memory once the call is over (its messages are freed only then)."""
+        if when_done is None:
+            self._heap_release.after_request()
+        else:
+            when_done(self._heap_release.after_request)
+
+
+def many_objects(response: InferenceResponse) -> bool:
+    """Whether encoding the response builds more than OFF_LOOP_ELEMENTS objects (BYTES)."""
+    return any(
+        array.dtype.kind == "O" and array.size > OFF_LOOP_ELEMENTS
+        for array in response.outputs.values()
+    )
