@@ -26,9 +26,7 @@ from trtserve.server.api.inference_servicer import InferenceServicer
 from trtserve.server.api.registration import add_service
 from trtserve.server.api.upload_servicer import UploadServicer
 from trtserve.server.backends.base import Backend
-from trtserve.server.backends.onnxruntime_backend import OnnxRuntimeBackend
-from trtserve.server.backends.tensorrt_backend import PLATFORM as TENSORRT_PLATFORM
-from trtserve.server.backends.tensorrt_backend import TensorRTBackend
+from trtserve.server.backends.registry import make_backends, preload_runtimes
 from trtserve.server.dataplane.dataplane import DataPlane
 from trtserve.server.dataplane.serving_state import ServingState
 from trtserve.server.default_model import write_default_repository
@@ -36,8 +34,6 @@ from trtserve.server.limits import RequestLimits
 from trtserve.server.metrics import ServerMetrics
 from trtserve.server.models.manager import ModelManager, ModelState
 from trtserve.server.repository.repository import ModelRepository
-from trtserve.server.runtime.lean_store import LeanStore
-from trtserve.server.runtime.trust import TrustPolicy
 from trtserve.server.settings import LOOPBACK_HOSTS, ServerSettings
 from trtserve.server.tls import server_credentials
 from trtserve.server.transport import bind_grpc, connection_limit, server_options, start_metrics
@@ -54,34 +50,6 @@ def server_version() -> str:
         return version("trtserve")
     except PackageNotFoundError:
         return "0+unknown"
-
-
-def make_tensorrt_backend(settings: ServerSettings) -> TensorRTBackend:
-    """The TensorRT backend with the configured lean runtime store and trust policy."""
-    trust = TrustPolicy.from_files(
-        public_key_files=settings.trusted_keys, allowed_sha256=settings.trusted_plan_sha256
-    )
-    return TensorRTBackend(
-        LeanStore(settings.runtimes_dir),
-        trust,
-        auto_install=settings.allow_runtime_install,
-        probe_plans=settings.probe_plans,
-    )
-
-
-def make_backends(settings: ServerSettings) -> dict[str, Backend]:
-    """Every backend this server offers, keyed by platform."""
-    backends: list[Backend] = [OnnxRuntimeBackend(), make_tensorrt_backend(settings)]
-    return {b.platform: b for b in backends}
-
-
-def _preload_runtimes(settings: ServerSettings, backends: dict[str, Backend]) -> None:
-    if not settings.preload_runtimes:
-        return
-    backend = backends[TENSORRT_PLATFORM]
-    assert isinstance(backend, TensorRTBackend)
-    loaded = backend.preload(settings.preload_runtimes)
-    log.info("preloaded TensorRT lean runtimes %s", loaded)
 
 
 @dataclass
@@ -110,8 +78,7 @@ class RunningServer:
         await self.grpc_server.stop(max(0.0, deadline - time.monotonic()))
         await self.manager.close()
         for backend in self.backends.values():
-            if isinstance(backend, TensorRTBackend):
-                await asyncio.to_thread(backend.close)
+            await asyncio.to_thread(backend.close)
         if self.temporary_repository is not None:
             shutil.rmtree(self.temporary_repository, ignore_errors=True)
 
@@ -175,7 +142,7 @@ async def start_server(
     )
     metrics = ServerMetrics(registry)
     backends = make_backends(settings)
-    await asyncio.to_thread(_preload_runtimes, settings, backends)
+    await asyncio.to_thread(preload_runtimes, settings, backends)
     repository, temporary_repository = _repository(settings)
     manager = ModelManager(
         repository,

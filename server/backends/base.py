@@ -93,3 +93,15 @@ class Backend(ABC):
     @abstractmethod
     def load(self, path: Path, settings: ModelSettings) -> LoadedModel:
         """Load one model file; raise FailedPrecondition for a corrupt or unusable file."""
+
+    def preload(self, versions: Sequence[str]) -> list[str]:
+        """Load runtimes of these versions before any model needs them; the ones it loaded.
+
+        Backends without separately loaded runtimes load nothing.
+        """
+        return []
+
+    def close(self) -> None:
+        """Release what the backend holds for the server's lifetime (after every model)."""
+        # Not abstract: most backends hold nothing beyond their models.
+        return None

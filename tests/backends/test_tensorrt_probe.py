@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 
-from trtserve.server.backends.tensorrt_probe import probe_plan
+from trtserve.server.backends.tensorrt_probe import CHILD_MODULE, probe_plan
 from trtserve.server.errors import FailedPrecondition
 from trtserve.server.runtime.cuda_device import cuda_device_count
 
@@ -19,3 +20,8 @@ def test_probe_failure_in_the_child_is_a_failed_precondition(tmp_path: Path) -> 
     # report it with the plan's path.
     with pytest.raises(FailedPrecondition, match=r"model\.plan: TensorRT could not deserialize"):
         probe_plan(plan, None, device_id=0, timeout_s=60)
+
+
+def test_the_child_the_probe_runs_is_a_module_here() -> None:
+    # A wrong name would fail every probe as a refused plan, which the test above cannot tell.
+    assert importlib.util.find_spec(CHILD_MODULE) is not None

@@ -36,11 +36,9 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from trtserve.server.backends.base import ModelInstance, Placement
-from trtserve.server.backends.tensorrt_backend import (
-    TensorRTBackend,
-    TensorRTInstance,
-    TensorRTModel,
-)
+from trtserve.server.backends.tensorrt_backend import TensorRTBackend
+from trtserve.server.backends.tensorrt_instance import TensorRTInstance
+from trtserve.server.backends.tensorrt_model import TensorRTModel
 from trtserve.server.errors import FailedPrecondition
 from trtserve.server.runtime.cuda_device import (
     cuda_call,

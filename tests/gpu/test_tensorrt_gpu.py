@@ -22,7 +22,8 @@ from plan_fixtures import (
 )
 
 from trtserve.server.backends.base import Placement
-from trtserve.server.backends.tensorrt_backend import TensorRTBackend, TensorRTModel
+from trtserve.server.backends.tensorrt_backend import TensorRTBackend
+from trtserve.server.backends.tensorrt_model import TensorRTModel
 from trtserve.server.errors import FailedPrecondition, Unavailable
 from trtserve.server.runtime.cuda_device import cuda_device_count
 from trtserve.server.runtime.lean_store import LeanStore
