@@ -32,7 +32,8 @@ from trtserve.server.backends.tensorrt_backend import TensorRTBackend
 from trtserve.server.default_model import write_default_repository
 from trtserve.server.limits import RequestLimits
 from trtserve.server.metrics import ServerMetrics
-from trtserve.server.models.manager import ModelManager, ModelState
+from trtserve.server.model_state import ModelState
+from trtserve.server.models.manager import ModelManager
 from trtserve.server.repository.repository import ModelRepository
 from trtserve.server.runtime.lean_store import LeanStore
 from trtserve.server.runtime.trust import TrustPolicy

@@ -10,11 +10,11 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 
 from trtserve.server.backends.base import Backend, LoadedModel, ModelInstance, Placement
 from trtserve.server.errors import FailedPrecondition, NotFound, ServerError, Unavailable
 from trtserve.server.metrics import ServerMetrics
+from trtserve.server.model_state import ModelState
 from trtserve.server.models.serving_model import ServingModel
 from trtserve.server.repository.model_config import complete_settings, parse_config_text
 from trtserve.server.repository.repository import ModelRepository
@@ -28,15 +28,6 @@ from trtserve.server.scheduler.batcher import ModelScheduler, SchedulerConfig
 from trtserve.server.specs import DeviceKind, ModelSettings
 
 log = logging.getLogger(__name__)
-
-
-class ModelState(StrEnum):
-    """A model's state as RepositoryIndex reports it."""
-
-    LOADING = "LOADING"
-    READY = "READY"
-    UNAVAILABLE = "UNAVAILABLE"
-    UNLOADING = "UNLOADING"
 
 
 @dataclass
@@ -261,7 +252,7 @@ class ModelManager:
     def _set_state(self, record: ModelRecord, state: ModelState, reason: str, version: str) -> None:
         record.state = state
         record.reason = reason
-        self._metrics.set_state(record.name, version, state.value)
+        self._metrics.set_state(record.name, version, state)
         if self.on_state_change is not None:
             self.on_state_change(record.name, state)
         log.info(
