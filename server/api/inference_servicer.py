@@ -159,7 +159,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryIndexRequest, context: object
     ) -> pb.RepositoryIndexResponse:
         reply = pb.RepositoryIndexResponse()
-        for entry in self._manager.index():
+        for entry in await self._manager.index():
             if request.ready and entry.state != "READY":
                 continue
             reply.models.add(

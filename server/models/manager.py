@@ -143,8 +143,10 @@ class ModelManager:
             )
         return record.serving
 
-    def index(self) -> list[IndexEntry]:
+    async def index(self) -> list[IndexEntry]:
         """Every model known here or present in the repository, with its state."""
+        # The scan reads the repository folder: off the event loop, as load_all's.
+        names = await asyncio.to_thread(self.repository.model_names)
         entries = {
             name: IndexEntry(
                 name,
@@ -154,7 +156,7 @@ class ModelManager:
             )
             for name, r in self._records.items()
         }
-        for name in self.repository.model_names():
+        for name in names:
             entries.setdefault(
                 name, IndexEntry(name, "", ModelState.UNAVAILABLE.value, "not loaded")
             )
