@@ -55,8 +55,9 @@ def server_version() -> str:
         return "0+unknown"
 
 
-def make_tensorrt_backend(settings: ServerSettings) -> TensorRTBackend:
-    """The TensorRT backend with the configured lean runtime store and trust policy."""
+def make_tensorrt_backend(settings: ServerSettings, registry: CollectorRegistry) -> TensorRTBackend:
+    """The TensorRT backend with the configured lean runtime store and trust policy; its lean
+    runtime metrics go on `registry`."""
     trust = TrustPolicy.from_files(
         public_key_files=settings.trusted_keys, allowed_sha256=settings.trusted_plan_sha256
     )
@@ -65,12 +66,13 @@ def make_tensorrt_backend(settings: ServerSettings) -> TensorRTBackend:
         trust,
         auto_install=settings.allow_runtime_install,
         probe_plans=settings.probe_plans,
+        registry=registry,
     )
 
 
-def make_backends(settings: ServerSettings) -> dict[str, Backend]:
-    """Every backend this server offers, keyed by platform."""
-    backends: list[Backend] = [OnnxRuntimeBackend(), make_tensorrt_backend(settings)]
+def make_backends(settings: ServerSettings, registry: CollectorRegistry) -> dict[str, Backend]:
+    """Every backend this server offers, keyed by platform; their metrics go on `registry`."""
+    backends: list[Backend] = [OnnxRuntimeBackend(), make_tensorrt_backend(settings, registry)]
     return {b.platform: b for b in backends}
 
 
@@ -173,7 +175,7 @@ async def start_server(
         else None
     )
     metrics = ServerMetrics(registry)
-    backends = make_backends(settings)
+    backends = make_backends(settings, registry)
     await asyncio.to_thread(_preload_runtimes, settings, backends)
     repository, temporary_repository = _repository(settings)
     manager = ModelManager(

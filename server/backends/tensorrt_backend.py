@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prometheus_client import CollectorRegistry
 
 from trtserve.protocol import datatypes
 from trtserve.server.backends.base import (
@@ -119,9 +120,11 @@ class TensorRTBackend(Backend):
         auto_install: bool = False,
         cuda_major: int = 13,
         probe_plans: bool = True,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         """`auto_install` installs a missing lean runtime version on first need (pip);
-        `probe_plans` deserializes each plan in a child process first (see tensorrt_probe)."""
+        `probe_plans` deserializes each plan in a child process first (see tensorrt_probe);
+        the lean runtimes' metrics are registered on `registry` when given."""
         self.store = store if store is not None else LeanStore()
         self.trust = trust if trust is not None else TrustPolicy()
         self._runtimes = runtimes
@@ -129,6 +132,8 @@ class TensorRTBackend(Backend):
         self.cuda_major = cuda_major
         self.probe_plans = probe_plans
         self._preloaded: list[LeanRuntimeLease] = []
+        if registry is not None:
+            registry.register(self.runtimes.metrics)
 
     @property
     def runtimes(self) -> LeanCache:
