@@ -32,7 +32,8 @@ from trtserve.server.dataplane.serving_state import ServingState
 from trtserve.server.default_model import write_default_repository
 from trtserve.server.limits import RequestLimits
 from trtserve.server.metrics import ServerMetrics
-from trtserve.server.models.manager import ModelManager, ModelState
+from trtserve.server.model_state import ModelState
+from trtserve.server.models.manager import ModelManager
 from trtserve.server.repository.repository import ModelRepository
 from trtserve.server.settings import LOOPBACK_HOSTS, ServerSettings
 from trtserve.server.tls import server_credentials
@@ -141,7 +142,7 @@ async def start_server(
         else None
     )
     metrics = ServerMetrics(registry)
-    backends = make_backends(settings)
+    backends = make_backends(settings, registry)
     await asyncio.to_thread(preload_runtimes, settings, backends)
     repository, temporary_repository = _repository(settings)
     manager = ModelManager(

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from trtserve.server.model_state import ModelState
+
 # Latency buckets in seconds, from 50 us (a tiny model on a warm path) to 30 s.
 _LATENCY_BUCKETS = (
     5e-5,
@@ -35,7 +37,6 @@ _LATENCY_BUCKETS = (
     30.0,
 )
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-MODEL_STATES = ("LOADING", "READY", "UNAVAILABLE", "UNLOADING")
 
 
 @dataclass
@@ -165,8 +166,8 @@ class ServerMetrics:
         with self._lock:
             return dict(self._stats)
 
-    def set_state(self, model: str, version: str, state: str) -> None:
-        """Mark the state of a model's current version (one of MODEL_STATES).
+    def set_state(self, model: str, version: str, state: ModelState) -> None:
+        """Mark the state of a model's current version.
 
         A model has state series for one version only: the one it serves, is loading, or
         last served. An unloaded model keeps them, UNAVAILABLE at 1, so alerts on a model that
@@ -176,10 +177,10 @@ class ServerMetrics:
             previous = self._state_version.get(model)
             self._state_version[model] = version
         if previous is not None and previous != version:
-            for s in MODEL_STATES:
+            for s in ModelState:
                 with contextlib.suppress(KeyError):
                     self.model_state.remove(model, previous, s)
-        for s in MODEL_STATES:
+        for s in ModelState:
             self.model_state.labels(model, version, s).set(1 if s == state else 0)
 
     def drop_version(self, model: str, version: str) -> None:

@@ -95,7 +95,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryIndexRequest, context: object
     ) -> pb.RepositoryIndexResponse:
         reply = pb.RepositoryIndexResponse()
-        for entry in self._plane.index(ready_only=request.ready):
+        for entry in await self._plane.index(ready_only=request.ready):
             reply.models.add(
                 name=entry.name, version=entry.version, state=entry.state, reason=entry.reason
             )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from prometheus_client import CollectorRegistry
+
 from trtserve.server.backends.base import Backend
 from trtserve.server.backends.onnxruntime_backend import OnnxRuntimeBackend
 from trtserve.server.backends.tensorrt_backend import TensorRTBackend
@@ -14,8 +16,9 @@ from trtserve.server.settings import ServerSettings
 log = logging.getLogger(__name__)
 
 
-def make_tensorrt_backend(settings: ServerSettings) -> TensorRTBackend:
-    """The TensorRT backend with the configured lean runtime store and trust policy."""
+def make_tensorrt_backend(settings: ServerSettings, registry: CollectorRegistry) -> TensorRTBackend:
+    """The TensorRT backend with the configured lean runtime store and trust policy; its lean
+    runtime metrics go on `registry`."""
     trust = TrustPolicy.from_files(
         public_key_files=settings.trusted_keys, allowed_sha256=settings.trusted_plan_sha256
     )
@@ -24,12 +27,13 @@ def make_tensorrt_backend(settings: ServerSettings) -> TensorRTBackend:
         trust,
         auto_install=settings.allow_runtime_install,
         probe_plans=settings.probe_plans,
+        registry=registry,
     )
 
 
-def make_backends(settings: ServerSettings) -> dict[str, Backend]:
-    """Every backend this server offers, keyed by platform."""
-    backends: list[Backend] = [OnnxRuntimeBackend(), make_tensorrt_backend(settings)]
+def make_backends(settings: ServerSettings, registry: CollectorRegistry) -> dict[str, Backend]:
+    """Every backend this server offers, keyed by platform; their metrics go on `registry`."""
+    backends: list[Backend] = [OnnxRuntimeBackend(), make_tensorrt_backend(settings, registry)]
     return {b.platform: b for b in backends}
 
 

@@ -14,6 +14,8 @@ import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
+
 from trtserve.server.backends.base import Backend, LoadedModel
 from trtserve.server.backends.tensorrt_model import TensorRTModel, prefixed
 from trtserve.server.backends.tensorrt_probe import probe_plan
@@ -54,9 +56,11 @@ class TensorRTBackend(Backend):
         auto_install: bool = False,
         cuda_major: int = 13,
         probe_plans: bool = True,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         """`auto_install` installs a missing lean runtime version on first need (pip);
-        `probe_plans` deserializes each plan in a child process first (see tensorrt_probe)."""
+        `probe_plans` deserializes each plan in a child process first (see tensorrt_probe);
+        the lean runtimes' metrics are registered on `registry` when given."""
         self.store = store if store is not None else LeanStore()
         self.trust = trust if trust is not None else TrustPolicy()
         self._runtimes = runtimes
@@ -64,6 +68,8 @@ class TensorRTBackend(Backend):
         self.cuda_major = cuda_major
         self.probe_plans = probe_plans
         self._preloaded: list[LeanRuntimeLease] = []
+        if registry is not None:
+            registry.register(self.runtimes.metrics)
 
     @property
     def runtimes(self) -> LeanCache:

@@ -20,6 +20,7 @@ from trtserve.server.dataplane.serving_state import ServingState
 from trtserve.server.errors import ServerError, Unavailable, outcome
 from trtserve.server.limits import RequestLimits, check_upload_size
 from trtserve.server.metrics import ServerMetrics, VersionStats
+from trtserve.server.model_state import ModelState
 from trtserve.server.models.manager import IndexEntry, ModelManager
 from trtserve.server.models.serving_model import ServingModel
 from trtserve.server.repository.repository import ModelRepository, check_model_name
@@ -114,9 +115,10 @@ class DataPlane:
             if (not name or model == name) and (not version or ver == version)
         ]
 
-    def index(self, ready_only: bool) -> list[IndexEntry]:
+    async def index(self, ready_only: bool) -> list[IndexEntry]:
         """Every model known here or in the repository, with its state."""
-        return [e for e in self._manager.index() if not ready_only or e.state == "READY"]
+        entries = await self._manager.index()
+        return [e for e in entries if not ready_only or e.state == ModelState.READY]
 
     # --- repository control ------------------------------------------------------------------
 

@@ -10,11 +10,11 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 
 from trtserve.server.backends.base import Backend, LoadedModel, ModelInstance, Placement
 from trtserve.server.errors import FailedPrecondition, NotFound, ServerError, Unavailable
 from trtserve.server.metrics import ServerMetrics
+from trtserve.server.model_state import ModelState
 from trtserve.server.models.serving_model import ServingModel
 from trtserve.server.repository.model_config import complete_settings, parse_config_text
 from trtserve.server.repository.repository import ModelRepository
@@ -28,15 +28,6 @@ from trtserve.server.scheduler.batcher import ModelScheduler, SchedulerConfig
 from trtserve.server.specs import DeviceKind, ModelSettings
 
 log = logging.getLogger(__name__)
-
-
-class ModelState(StrEnum):
-    """A model's state as RepositoryIndex reports it."""
-
-    LOADING = "LOADING"
-    READY = "READY"
-    UNAVAILABLE = "UNAVAILABLE"
-    UNLOADING = "UNLOADING"
 
 
 @dataclass
@@ -152,8 +143,10 @@ class ModelManager:
             )
         return record.serving
 
-    def index(self) -> list[IndexEntry]:
+    async def index(self) -> list[IndexEntry]:
         """Every model known here or present in the repository, with its state."""
+        # The scan reads the repository folder: off the event loop, as load_all's.
+        names = await asyncio.to_thread(self.repository.model_names)
         entries = {
             name: IndexEntry(
                 name,
@@ -163,7 +156,7 @@ class ModelManager:
             )
             for name, r in self._records.items()
         }
-        for name in self.repository.model_names():
+        for name in names:
             entries.setdefault(
                 name, IndexEntry(name, "", ModelState.UNAVAILABLE.value, "not loaded")
             )
@@ -261,7 +254,7 @@ class ModelManager:
     def _set_state(self, record: ModelRecord, state: ModelState, reason: str, version: str) -> None:
         record.state = state
         record.reason = reason
-        self._metrics.set_state(record.name, version, state.value)
+        self._metrics.set_state(record.name, version, state)
         if self.on_state_change is not None:
             self.on_state_change(record.name, state)
         log.info(

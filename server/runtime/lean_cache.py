@@ -18,34 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
-
 from trtserve.server.errors import FailedPrecondition, Unavailable
 from trtserve.server.runtime.cuda_device import cuda_device_count
+from trtserve.server.runtime.lean_metrics import LeanRuntimeMetrics
 from trtserve.server.runtime.plan_header import TrtVersion
 from trtserve.server.runtime.trt_logger import RECORDER, trt_logger
-
-LEAN_RUNTIMES_LOADED = Gauge(
-    "trtserve_lean_runtimes_loaded",
-    "TensorRT lean runtimes loaded in this process (1 per loaded version)",
-    ["version"],
-)
-LEAN_RUNTIME_REFERENCES = Gauge(
-    "trtserve_lean_runtime_references",
-    "Engines using each loaded TensorRT lean runtime",
-    ["version"],
-)
-# A version loaded more than once was dropped as unused in between (see `max_unused`).
-LEAN_RUNTIME_LOADS = Counter(
-    "trtserve_lean_runtime_loads",
-    "Times each TensorRT lean runtime version was loaded in this process",
-    ["version"],
-)
-LEAN_RUNTIME_LOAD_SECONDS = Histogram(
-    "trtserve_lean_runtime_load_seconds",
-    "Time to load one TensorRT lean runtime library",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-)
 
 DISPATCH_MODULE = "tensorrt_dispatch"
 
@@ -106,12 +83,16 @@ class LeanCache:
         max_unused: int = 2,
         device_count: Callable[[], int] = cuda_device_count,
     ) -> None:
-        """`trt` is the TensorRT module (default: import tensorrt_dispatch on first need)."""
+        """`trt` is the TensorRT module (default: import tensorrt_dispatch on first need).
+
+        Its `metrics` reach a server's /metrics once registered there (TensorRTBackend does).
+        """
         if max_unused < 0:
             raise ValueError(f"max_unused: expected >= 0, received {max_unused}")
         self._trt = trt
         self._device_count = device_count
         self.max_unused = max_unused
+        self.metrics = LeanRuntimeMetrics()
         self._lock = threading.Lock()
         self._dispatch_lock = threading.Lock()
         self._dispatch: Any = None
@@ -175,7 +156,7 @@ class LeanCache:
             if entry is None:
                 entry = self._entries[version] = _Entry(version)
             entry.references += 1
-            LEAN_RUNTIME_REFERENCES.labels(str(version)).set(entry.references)
+            self.metrics.references.labels(str(version)).set(entry.references)
             return entry
 
     def _load(self, version: TrtVersion, library: Path) -> Any:
@@ -192,16 +173,16 @@ class LeanCache:
             raise FailedPrecondition(
                 f"lean runtime {version}: TensorRT could not load {library}: {said}"
             )
-        LEAN_RUNTIME_LOAD_SECONDS.observe(elapsed)
-        LEAN_RUNTIME_LOADS.labels(str(version)).inc()
-        LEAN_RUNTIMES_LOADED.labels(str(version)).set(1)
+        self.metrics.load_seconds.observe(elapsed)
+        self.metrics.loads.labels(str(version)).inc()
+        self.metrics.loaded.labels(str(version)).set(1)
         return runtime
 
     def _release(self, entry: _Entry) -> None:
         dropped: list[Any] = []
         with self._lock:
             entry.references -= 1
-            LEAN_RUNTIME_REFERENCES.labels(str(entry.version)).set(entry.references)
+            self.metrics.references.labels(str(entry.version)).set(entry.references)
             if entry.references == 0:
                 self._release_serial += 1
                 entry.idle_since = self._release_serial
@@ -228,7 +209,7 @@ class LeanCache:
         if self._entries.get(entry.version) is entry:
             del self._entries[entry.version]
         label = str(entry.version)
-        for gauge in (LEAN_RUNTIMES_LOADED, LEAN_RUNTIME_REFERENCES):
+        for gauge in (self.metrics.loaded, self.metrics.references):
             with contextlib.suppress(KeyError):
                 gauge.remove(label)
 

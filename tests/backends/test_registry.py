@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from trtserve.server.backends.base import Backend, LoadedModel
 from trtserve.server.backends.registry import make_backends, preload_runtimes
@@ -38,7 +39,7 @@ class RecordingBackend(Backend):
 
 def test_every_platform_has_its_backend(tmp_path: Path) -> None:
     settings = ServerSettings(runtimes_dir=tmp_path, probe_plans=False)
-    backends = make_backends(settings)
+    backends = make_backends(settings, CollectorRegistry())
     assert sorted(backends) == ["onnxruntime_onnx", "tensorrt_plan"]
     tensorrt = backends["tensorrt_plan"]
     assert isinstance(tensorrt, TensorRTBackend)
@@ -46,7 +47,7 @@ def test_every_platform_has_its_backend(tmp_path: Path) -> None:
 
 
 def test_a_backend_without_runtimes_preloads_nothing_and_closes() -> None:
-    backend = make_backends(ServerSettings())["onnxruntime_onnx"]
+    backend = make_backends(ServerSettings(), CollectorRegistry())["onnxruntime_onnx"]
     assert backend.preload(["10.3.0"]) == []
     backend.close()
 
@@ -63,4 +64,4 @@ def test_preload_asks_every_backend_only_when_versions_are_configured() -> None:
 def test_preloading_tensorrt_runtimes_without_a_gpu_is_unavailable() -> None:
     settings = ServerSettings(preload_runtimes=("10.3.0",))
     with pytest.raises(Unavailable, match="cannot preload TensorRT lean runtimes"):
-        preload_runtimes(settings, make_backends(settings))
+        preload_runtimes(settings, make_backends(settings, CollectorRegistry()))

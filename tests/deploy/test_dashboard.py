@@ -16,7 +16,7 @@ from promql_names import metric_names, sample_names
 from server_process import ServerProcess, start_server
 
 from trtserve.client import InferenceClient, InferenceServerError, InferInput
-from trtserve.server.runtime import lean_cache
+from trtserve.server.runtime.lean_metrics import LeanRuntimeMetrics
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "trtserve-dashboard.json"
 
@@ -92,12 +92,7 @@ def test_lean_runtime_metrics_are_the_ones_lean_cache_defines(served: ServerProc
     text = scrape(served.metrics_port)
     from_server = {f.name: f.type for f in text_string_to_metric_families(text)}
     registry = CollectorRegistry()
-    for metric in (
-        lean_cache.LEAN_RUNTIMES_LOADED,
-        lean_cache.LEAN_RUNTIME_REFERENCES,
-        lean_cache.LEAN_RUNTIME_LOAD_SECONDS,
-    ):
-        registry.register(metric)
+    registry.register(LeanRuntimeMetrics())
     defined = list(registry.collect())
     for family in defined:
         assert from_server.get(family.name) == family.type

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from promql_names import metric_names, sample_names
 
 from trtserve.server.metrics import ServerMetrics
-from trtserve.server.runtime import lean_cache
+from trtserve.server.runtime.lean_metrics import LeanRuntimeMetrics
 from trtserve.server.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,12 +51,7 @@ def by_kind(resources: dict[tuple[str, str], Resource], kind: str) -> list[Resou
 def server_metric_names() -> set[str]:
     registry = CollectorRegistry()
     ServerMetrics(registry)
-    for metric in (
-        lean_cache.LEAN_RUNTIMES_LOADED,
-        lean_cache.LEAN_RUNTIME_REFERENCES,
-        lean_cache.LEAN_RUNTIME_LOAD_SECONDS,
-    ):
-        registry.register(metric)
+    registry.register(LeanRuntimeMetrics())
     return sample_names(registry.collect())
 
 

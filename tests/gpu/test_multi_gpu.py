@@ -32,7 +32,7 @@ from plan_fixtures import (
     requirements_missing,
     seeded_input,
 )
-from prometheus_client import REGISTRY
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from trtserve.server.backends.base import ModelInstance, Placement
@@ -98,9 +98,11 @@ def taken(before: dict[int, int], after: dict[int, int]) -> dict[int, int]:
     return {device: before[device] - after[device] for device in before}
 
 
-def lean_loads() -> float:
+def lean_loads(backend: TensorRTBackend) -> float:
+    registry = CollectorRegistry()
+    registry.register(backend.runtimes.metrics)
     labels = {"version": str(VERSION)}
-    return REGISTRY.get_sample_value("trtserve_lean_runtime_loads_total", labels) or 0.0
+    return registry.get_sample_value("trtserve_lean_runtime_loads_total", labels) or 0.0
 
 
 def assert_on_device(instance: TensorRTInstance, device: int) -> None:
@@ -180,7 +182,7 @@ def test_each_device_holds_its_own_engine_context_stream_and_buffers(
     monkeypatch.setattr(TensorRTModel, "_deserialize", spy)
     free_bytes()  # both devices' primary contexts exist before anything is measured
     refs_before = backend.runtimes.loaded().get(VERSION, 0)
-    loads_before = lean_loads()
+    loads_before = lean_loads(backend)
 
     # Device 1 first, so a forgotten cudaSetDevice (which leaves device 0) would show.
     model = backend.load(plans_dir() / PLAN_NAME, settings("two_gpus", (1, 0)))
@@ -188,7 +190,7 @@ def test_each_device_holds_its_own_engine_context_stream_and_buffers(
     instances: list[ModelInstance] = []
     try:
         assert deserialized_on == [1]
-        loads_after_load = lean_loads()
+        loads_after_load = lean_loads(backend)
         assert loads_after_load - loads_before <= 1
 
         before = free_bytes()
@@ -209,7 +211,7 @@ def test_each_device_holds_its_own_engine_context_stream_and_buffers(
         assert_on_device(on_0, 0)
 
         # One lean runtime for both engines: no second load, one lease for the model.
-        assert lean_loads() == loads_after_load
+        assert lean_loads(backend) == loads_after_load
         assert backend.runtimes.loaded().get(VERSION, 0) == refs_before + 1
 
         # Each runs from a thread whose current device is the other one.

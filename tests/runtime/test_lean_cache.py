@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY
+from prometheus_client import CollectorRegistry
 
 from trtserve.server.errors import FailedPrecondition, Unavailable
 from trtserve.server.runtime import cuda_device
@@ -74,7 +74,7 @@ def make_cache(max_unused: int = 2, devices: int = 1) -> LeanCache:
 
 
 def version(n: int) -> TrtVersion:
-    # Distinct versions per test keep the process-wide metrics of tests apart.
+    # Distinct versions per test keep their lean runtimes apart.
     return TrtVersion(99, n // 100, n % 100, 1)
 
 
@@ -187,17 +187,19 @@ def test_failed_load_quotes_tensorrt_and_is_retried() -> None:
 
 def test_metrics() -> None:
     cache = make_cache(max_unused=0)
+    registry = CollectorRegistry()
+    registry.register(cache.metrics)
     v = version(10)
-    count_before = REGISTRY.get_sample_value("trtserve_lean_runtime_load_seconds_count") or 0
+    count_before = registry.get_sample_value("trtserve_lean_runtime_load_seconds_count") or 0
     lease = cache.acquire(v, lib(v))
-    assert REGISTRY.get_sample_value("trtserve_lean_runtimes_loaded", {"version": str(v)}) == 1
-    assert REGISTRY.get_sample_value("trtserve_lean_runtime_references", {"version": str(v)}) == 1
-    assert REGISTRY.get_sample_value("trtserve_lean_runtime_load_seconds_count") == count_before + 1
+    assert registry.get_sample_value("trtserve_lean_runtimes_loaded", {"version": str(v)}) == 1
+    assert registry.get_sample_value("trtserve_lean_runtime_references", {"version": str(v)}) == 1
+    assert registry.get_sample_value("trtserve_lean_runtime_load_seconds_count") == count_before + 1
     lease.release()
-    assert REGISTRY.get_sample_value("trtserve_lean_runtimes_loaded", {"version": str(v)}) is None
+    assert registry.get_sample_value("trtserve_lean_runtimes_loaded", {"version": str(v)}) is None
     # Dropped as unused (max_unused=0), so the next use loads it again, and the count shows it.
     cache.acquire(v, lib(v)).release()
-    assert REGISTRY.get_sample_value("trtserve_lean_runtime_loads_total", {"version": str(v)}) == 2
+    assert registry.get_sample_value("trtserve_lean_runtime_loads_total", {"version": str(v)}) == 2
 
 
 def test_host_code_is_allowed_only_during_the_trusted_deserialization() -> None:
@@ -258,3 +260,16 @@ def test_without_cuda_bindings_there_are_no_devices(monkeypatch: pytest.MonkeyPa
         FailedPrecondition, match="CUDA device 1 does not exist: this process sees 0"
     ):
         cuda_device.require_device(1)
+
+
+def test_metrics_reach_every_registry_they_are_registered_on() -> None:
+    """Each server registers the process's cache on its own registry; all see the same loads."""
+    cache = make_cache()
+    registries = (CollectorRegistry(), CollectorRegistry())
+    for registry in registries:
+        registry.register(cache.metrics)
+    v = version(11)
+    with cache.acquire(v, lib(v)):
+        for registry in registries:
+            labels = {"version": str(v)}
+            assert registry.get_sample_value("trtserve_lean_runtimes_loaded", labels) == 1
