@@ -19,19 +19,13 @@ from typing import Any, Literal, TypeVar, overload
 import grpc
 import grpc.aio
 
+from trtserve.client import calls
 from trtserve.client import request as rq
-from trtserve.client.credentials import TOKEN_ENV, AsyncBearerToken
-from trtserve.client.endpoints import (
-    DEFAULT_RETRY,
-    AsyncRoutedStub,
-    EndpointRing,
-    RetryPolicy,
-    addresses_of,
-    endpoint_options,
-)
+from trtserve.client.calls import Call
+from trtserve.client.core import ChannelSettings, ClientCore
+from trtserve.client.credentials import AsyncBearerToken
+from trtserve.client.endpoints import AsyncRoutedStub
 from trtserve.client.errors import InferenceServerError
-from trtserve.client.sync import DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES, channel_options
-from trtserve.client.tls import TlsConfig
 from trtserve.client.types import (
     InferInput,
     InferRequest,
@@ -43,56 +37,25 @@ from trtserve.client.types import (
     UploadResult,
 )
 from trtserve.protocol import grpc_service_pb2 as pb
-from trtserve.protocol import grpc_service_pb2_grpc as pb_grpc
-from trtserve.protocol import trtserve_pb2_grpc as tpb_grpc
 
 _T = TypeVar("_T")
 
 
-class AsyncInferenceClient:
+class AsyncInferenceClient(ClientCore[grpc.aio.Channel]):
     """asyncio client with the methods of InferenceClient, as coroutines.
 
     Create it inside a running event loop; every failed call raises InferenceServerError.
-    `address` may be a list of replicas, as for InferenceClient.
+    Its arguments are InferenceClient's.
     """
 
-    def __init__(
-        self,
-        address: str | Sequence[str] = DEFAULT_ADDRESS,
-        *,
-        timeout: float | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        retry: RetryPolicy = DEFAULT_RETRY,
-        token: str | None = None,
-        tls: TlsConfig | None = None,
-    ) -> None:
-        self.addresses = addresses_of(address)
-        self.address = ",".join(self.addresses)
-        self.timeout = timeout
-        options = channel_options(max_message_bytes) + endpoint_options(retry)
-        token = token if token is not None else os.environ.get(TOKEN_ENV)
-        interceptors: Any = [AsyncBearerToken(token)] if token else None
-        if tls is None:
-            self._channels = [
-                grpc.aio.insecure_channel(a, options=options, interceptors=interceptors)
-                for a in self.addresses
-            ]
-        else:
-            credentials, secure = tls.credentials(), options + tls.options()
-            self._channels = [
-                grpc.aio.secure_channel(a, credentials, secure, interceptors=interceptors)
-                for a in self.addresses
-            ]
-        ring = EndpointRing(len(self._channels), retry.cooldown_s)
-        # The generated stubs are untyped; each call's result type is stated where it is used.
-        self._stub = AsyncRoutedStub(
-            [pb_grpc.GRPCInferenceServiceStub(c) for c in self._channels],  # type: ignore[no-untyped-call]
-            ring,
-        )
-        self._upload_stub = AsyncRoutedStub(
-            [tpb_grpc.ModelUploadStub(c) for c in self._channels],  # type: ignore[no-untyped-call]
-            ring,
-        )
+    _routed_stub = AsyncRoutedStub
+
+    def _open_channel(self, address: str, settings: ChannelSettings) -> grpc.aio.Channel:
+        options, credentials, token = settings.options, settings.credentials, settings.token
+        interceptors: Any = None if token is None else [AsyncBearerToken(token)]
+        if credentials is None:
+            return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+        return grpc.aio.secure_channel(address, credentials, options, interceptors=interceptors)
 
     async def _call(
         self, method: Callable[..., Awaitable[_T]], request: object, timeout: float | None = None
@@ -102,55 +65,50 @@ class AsyncInferenceClient:
         except grpc.RpcError as e:
             raise InferenceServerError.from_rpc_error(e) from None
 
+    async def _send(self, call: Call[_T], timeout: float | None = None) -> _T:
+        return call.parse(await self._call(self._method(call), call.request, timeout))
+
     async def server_live(self) -> bool:
         """Whether the server process answers and is live."""
-        return bool((await self._call(self._stub.ServerLive, pb.ServerLiveRequest())).live)
+        return await self._send(calls.server_live())
 
     async def server_ready(self) -> bool:
         """Whether the server is ready to serve inference."""
-        return bool((await self._call(self._stub.ServerReady, pb.ServerReadyRequest())).ready)
+        return await self._send(calls.server_ready())
 
     async def server_metadata(self) -> ServerMetadata:
         """The server's name, version and protocol extensions."""
-        response = await self._call(self._stub.ServerMetadata, pb.ServerMetadataRequest())
-        return rq.parse_server_metadata(response)
+        return await self._send(calls.server_metadata())
 
     async def model_ready(self, name: str, version: str = "") -> bool:
         """Whether the model (version; "" for the server's choice) is ready."""
-        request = pb.ModelReadyRequest(name=name, version=version)
-        return bool((await self._call(self._stub.ModelReady, request)).ready)
+        return await self._send(calls.model_ready(name, version))
 
     async def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         """The model's platform, versions and tensors."""
-        request = pb.ModelMetadataRequest(name=name, version=version)
-        return rq.parse_model_metadata(await self._call(self._stub.ModelMetadata, request))
+        return await self._send(calls.model_metadata(name, version))
 
     async def model_config(self, name: str, version: str = "") -> dict[str, Any]:
         """The model configuration as a dict with the config file's field names."""
-        request = pb.ModelConfigRequest(name=name, version=version)
-        return rq.config_to_dict(await self._call(self._stub.ModelConfig, request))
+        return await self._send(calls.model_config(name, version))
 
     async def model_statistics(self, name: str = "", version: str = "") -> list[ModelStatistics]:
         """Statistics of one model version, or of every model when `name` is ""."""
-        request = pb.ModelStatisticsRequest(name=name, version=version)
-        return rq.parse_statistics(await self._call(self._stub.ModelStatistics, request))
+        return await self._send(calls.model_statistics(name, version))
 
     async def repository_index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
         """Every model in the repository with its state."""
-        request = pb.RepositoryIndexRequest(ready=ready_only)
-        return rq.parse_repository_index(await self._call(self._stub.RepositoryIndex, request))
+        return await self._send(calls.repository_index(ready_only))
 
     async def load_model(
         self, name: str, config: str | None = None, files: Mapping[str, bytes] | None = None
     ) -> None:
         """Load (or reload) a model; `config` is JSON, `files` maps "1/model.onnx" to bytes."""
-        request = rq.build_load_request(name, config, files)
-        await self._call(self._stub.RepositoryModelLoad, request)
+        await self._send(calls.load_model(name, config, files))
 
     async def unload_model(self, name: str) -> None:
         """Unload a model."""
-        request = pb.RepositoryModelUnloadRequest(model_name=name)
-        await self._call(self._stub.RepositoryModelUnload, request)
+        await self._send(calls.unload_model(name))
 
     async def infer(
         self,
@@ -164,15 +122,8 @@ class AsyncInferenceClient:
         use_typed_contents: bool = False,
     ) -> InferResult:
         """Run one inference; `outputs=None` returns every output."""
-        request = rq.build_infer_request(
-            model,
-            inputs,
-            outputs,
-            version=version,
-            request_id=request_id,
-            use_typed_contents=use_typed_contents,
-        )
-        return rq.parse_infer_response(await self.send_infer_request(request, timeout))
+        call = calls.infer(model, inputs, outputs, version, request_id, use_typed_contents)
+        return await self._send(call, timeout)
 
     async def send_infer_request(
         self, request: pb.ModelInferRequest, timeout: float | None = None
@@ -215,13 +166,7 @@ class AsyncInferenceClient:
         call = self._stub.ModelStreamInfer(messages, timeout=self.timeout)
         try:
             async for response in call:
-                if response.error_message:
-                    error = InferenceServerError(grpc.StatusCode.UNKNOWN, response.error_message)
-                    if raise_errors:
-                        raise error
-                    yield error
-                else:
-                    yield rq.parse_infer_response(response.infer_response)
+                yield calls.stream_result(response, raise_errors)
         except grpc.RpcError as e:
             raise InferenceServerError.from_rpc_error(e) from None
         finally:
@@ -245,7 +190,7 @@ class AsyncInferenceClient:
         """
         # Hashing a large file would stall the event loop.
         source = await asyncio.to_thread(rq.UploadSource.open, path_or_bytes)
-        messages = rq.upload_requests(
+        call = calls.upload_model(
             name,
             source,
             version=version,
@@ -254,8 +199,7 @@ class AsyncInferenceClient:
             chunk_bytes=chunk_bytes,
             progress=progress,
         )
-        response = await self._call(self._upload_stub.UploadModel, messages)
-        return rq.parse_upload_response(response)
+        return await self._send(call)
 
     async def close(self) -> None:
         """Close the channels."""

@@ -137,7 +137,7 @@ class EndpointRing:
             self._down_until[index] = 0.0
 
 
-def _unavailable(error: grpc.RpcError) -> bool:
+def _unavailable(error: BaseException) -> bool:
     code = getattr(error, "code", None)
     return callable(code) and code() == grpc.StatusCode.UNAVAILABLE
 
@@ -146,12 +146,59 @@ def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-class RoutedStub:
-    """Stands in for a generated blocking stub over several endpoints.
+class Failover:
+    """One call's tries over the endpoints, within the call's one `timeout`.
+
+    `order` lists the endpoints to try, healthy ones first; each try runs inside
+    `with failover.trying(index):`, which marks its endpoint up on an answer, or down on
+    UNAVAILABLE, swallowed so the next endpoint is tried while time is left. Any other error
+    propagates.
+    """
+
+    __slots__ = ("_deadline", "_index", "_ring", "last", "order")
+
+    def __init__(self, ring: EndpointRing, timeout: float | None) -> None:
+        self._ring = ring
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._index = 0
+        self.order = ring.order()
+        self.last: grpc.RpcError | None = None
+
+    def remaining(self) -> float | None:
+        """The time left for the call, None without a deadline."""
+        return _remaining(self._deadline)
+
+    def trying(self, index: int) -> Failover:
+        self._index = index
+        return self
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> bool:
+        if exc is None:
+            self._ring.mark_up(self._index)
+            return False
+        if not isinstance(exc, grpc.RpcError) or not _unavailable(exc):
+            return False
+        self._ring.mark_down(self._index)
+        self.last = exc
+        return self.remaining() != 0.0
+
+    def error(self) -> grpc.RpcError:
+        """The UNAVAILABLE that ended the last try, once every endpoint was tried."""
+        assert self.last is not None
+        return self.last
+
+
+class RoutedStubBase:
+    """Stands in for a generated stub over several endpoints.
 
     Methods in RETRYABLE_METHODS go to the endpoints in turn until one does not answer
-    UNAVAILABLE, within the call's one `timeout`; any other method (streams, load, unload,
-    upload) goes to the next endpoint in turn, once.
+    UNAVAILABLE (see Failover); any other method (streams, load, unload, upload) goes to the
+    next endpoint in turn, once. Subclasses only make the failover call blocking or awaitable.
     """
 
     def __init__(self, stubs: Sequence[Any], ring: EndpointRing) -> None:
@@ -166,55 +213,27 @@ class RoutedStub:
         return getattr(self._stubs[self._ring.order()[0]], name)
 
     def _failover(self, name: str, request: Any, timeout: float | None = None) -> Any:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        last: grpc.RpcError | None = None
-        for index in self._ring.order():
-            if last is not None and _remaining(deadline) == 0.0:
-                break
-            try:
-                result = getattr(self._stubs[index], name)(request, timeout=_remaining(deadline))
-            except grpc.RpcError as error:
-                if not _unavailable(error):
-                    raise
-                self._ring.mark_down(index)
-                last = error
-                continue
-            self._ring.mark_up(index)
-            return result
-        assert last is not None
-        raise last
+        raise NotImplementedError
 
 
-class AsyncRoutedStub:
+class RoutedStub(RoutedStubBase):
+    """Routes generated blocking stubs."""
+
+    def _failover(self, name: str, request: Any, timeout: float | None = None) -> Any:
+        failover = Failover(self._ring, timeout)
+        for index in failover.order:
+            with failover.trying(index):
+                return getattr(self._stubs[index], name)(request, timeout=failover.remaining())
+        raise failover.error()
+
+
+class AsyncRoutedStub(RoutedStubBase):
     """RoutedStub for grpc.aio stubs: the retryable methods are coroutines."""
 
-    def __init__(self, stubs: Sequence[Any], ring: EndpointRing) -> None:
-        if len(stubs) != ring.size:
-            raise ValueError(f"stubs: expected {ring.size}, received {len(stubs)}")
-        self._stubs = tuple(stubs)
-        self._ring = ring
-
-    def __getattr__(self, name: str) -> Any:
-        if name in RETRYABLE_METHODS:
-            return functools.partial(self._failover, name)
-        return getattr(self._stubs[self._ring.order()[0]], name)
-
     async def _failover(self, name: str, request: Any, timeout: float | None = None) -> Any:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        last: grpc.RpcError | None = None
-        for index in self._ring.order():
-            if last is not None and _remaining(deadline) == 0.0:
-                break
-            try:
+        failover = Failover(self._ring, timeout)
+        for index in failover.order:
+            with failover.trying(index):
                 method = getattr(self._stubs[index], name)
-                result = await method(request, timeout=_remaining(deadline))
-            except grpc.RpcError as error:
-                if not _unavailable(error):
-                    raise
-                self._ring.mark_down(index)
-                last = error
-                continue
-            self._ring.mark_up(index)
-            return result
-        assert last is not None
-        raise last
+                return await method(request, timeout=failover.remaining())
+        raise failover.error()
