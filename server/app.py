@@ -8,6 +8,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -136,62 +137,19 @@ async def start_server(
     """Load the repository and start serving; returns once the ports are bound."""
     # Credentials first: a bad token or certificate file stops the start before any work.
     policy = access_policy(settings)
-    credentials = (
-        server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
-        if settings.tls_cert is not None and settings.tls_key is not None
-        else None
-    )
+    credentials = _credentials(settings)
     metrics = ServerMetrics(registry)
     backends = make_backends(settings, registry)
     await asyncio.to_thread(preload_runtimes, settings, backends)
     repository, temporary_repository = _repository(settings)
     manager = ModelManager(
-        repository,
-        backends,
-        metrics,
-        default_max_queue_size=settings.max_queue_size,
+        repository, backends, metrics, default_max_queue_size=settings.max_queue_size
     )
-    state = ServingState()
     health_servicer = GuardedHealthServicer(policy)
-    loop = asyncio.get_running_loop()
-
-    health_updates: set[asyncio.Task[None]] = set()
-
-    def on_state_change(model: str, model_state: ModelState) -> None:
-        status = _SERVING if model_state == ModelState.READY else _NOT_SERVING
-        task = loop.create_task(health_servicer.set(model, status))
-        health_updates.add(task)
-        task.add_done_callback(health_updates.discard)
-
-    manager.on_state_change = on_state_change
-    limits = request_limits(settings)
-    connections = connection_limit(settings)
-    log.info(
-        "accepting up to %d gRPC connections (open-file limit %d)",
-        connections.max_connections,
-        connections.fd_limit,
-    )
-    server = grpc.aio.server(options=server_options(settings, connections))
-    inference_service = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-    upload_service = trtserve_pb2.DESCRIPTOR.services_by_name["ModelUpload"]
-    # Every method of these services is wrapped once, here, by the access policy and the
-    # error mapping (the policy leaves health open: probes carry no credentials). Reflection
-    # is open to every caller.
-    guard = AccessGuard(policy).wrap
-    plane = DataPlane(manager, metrics, state, server_version(), limits)
-    add_service(server, InferenceServicer(plane), inference_service, guard)
-    add_service(server, UploadServicer(plane), upload_service, guard)
-    health_service = health_pb2.DESCRIPTOR.services_by_name["Health"]
-    add_service(server, health_servicer, health_service, guard)
-    reflection.enable_server_reflection(
-        (
-            inference_service.full_name,
-            upload_service.full_name,
-            health_service.full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
+    manager.on_state_change = _model_health(health_servicer)
+    state = ServingState()
+    plane = DataPlane(manager, metrics, state, server_version(), request_limits(settings))
+    server = _grpc_server(settings, plane, health_servicer, policy)
     grpc_port = bind_grpc(server, f"{settings.bind_host}:{settings.grpc_port}", credentials)
     metrics_port = _start_metrics(settings, registry)
     await server.start()
@@ -209,6 +167,59 @@ async def start_server(
         backends,
         temporary_repository,
     )
+
+
+def _credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    files = settings.tls_files
+    if files is None:
+        return None
+    return server_credentials(*files, settings.tls_client_ca)
+
+
+def _model_health(health_servicer: GuardedHealthServicer) -> Callable[[str, ModelState], None]:
+    """A state-change callback that keeps each model's health status current."""
+    loop = asyncio.get_running_loop()
+    updates: set[asyncio.Task[None]] = set()
+
+    def on_state_change(model: str, model_state: ModelState) -> None:
+        status = _SERVING if model_state == ModelState.READY else _NOT_SERVING
+        task = loop.create_task(health_servicer.set(model, status))
+        updates.add(task)  # held until done: the loop keeps only weak references to tasks
+        task.add_done_callback(updates.discard)
+
+    return on_state_change
+
+
+def _grpc_server(
+    settings: ServerSettings,
+    plane: DataPlane,
+    health_servicer: GuardedHealthServicer,
+    policy: AccessPolicy,
+) -> grpc.aio.Server:
+    """The gRPC server with every service registered, its port not bound yet."""
+    connections = connection_limit(settings)
+    log.info(
+        "accepting up to %d gRPC connections (open-file limit %d)",
+        connections.max_connections,
+        connections.fd_limit,
+    )
+    server = grpc.aio.server(options=server_options(settings, connections))
+    services = (
+        (InferenceServicer(plane), grpc_service_pb2, "GRPCInferenceService"),
+        (UploadServicer(plane), trtserve_pb2, "ModelUpload"),
+        (health_servicer, health_pb2, "Health"),
+    )
+    # Every method of these services is wrapped once, here, by the access policy and the
+    # error mapping (the policy leaves health open: probes carry no credentials). Reflection
+    # is open to every caller.
+    guard = AccessGuard(policy).wrap
+    names = [reflection.SERVICE_NAME]
+    for servicer, module, name in services:
+        service = module.DESCRIPTOR.services_by_name[name]
+        add_service(server, servicer, service, guard)
+        names.append(service.full_name)
+    reflection.enable_server_reflection(names, server)
+    return server
 
 
 def _start_metrics(settings: ServerSettings, registry: CollectorRegistry) -> int:
@@ -234,7 +245,7 @@ async def serve(settings: ServerSettings) -> int:
     # Tests and scripts read the bound ports from this line (ports may be 0 = any).
     print(
         f"trtserve: serving gRPC on {settings.bind_host}:{running.grpc_port}"
-        f"{' (TLS)' if settings.tls_cert is not None else ''}, "
+        f"{' (TLS)' if settings.tls_files is not None else ''}, "
         f"metrics on {settings.metrics_bind_host}:{running.metrics_port}, models {ready}",
         flush=True,
     )

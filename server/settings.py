@@ -234,6 +234,13 @@ class ServerSettings:
                 )
 
     @property
+    def tls_files(self) -> tuple[Path, Path] | None:
+        """The certificate and key files when TLS is on (the pair is checked above)."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        return self.tls_cert, self.tls_key
+
+    @property
     def bind_host(self) -> str:
         """The address the ports bind to: loopback whenever insecure_local_admin is on."""
         if self.insecure_local_admin and self.host not in LOOPBACK_HOSTS:
