@@ -28,7 +28,7 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from server_under_test import start
-from version_churn import CONFIG, MODEL, add_model, infer_request
+from version_churn import CONFIG, MODEL, add_model, infer_request, write_repository
 
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.protocol import grpc_service_pb2_grpc as pb_grpc
@@ -91,10 +91,7 @@ def main() -> int:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
-        repository = Path(folder) / "repository"
-        (repository / MODEL / "1").mkdir(parents=True)
-        (repository / MODEL / "config.json").write_text(CONFIG)
-        (repository / MODEL / "1" / "model.onnx").write_bytes(add_model(1.0))
+        repository = write_repository(Path(folder))
         extra = ["--max-concurrent-uploads", str(args.clients)]
         if args.idle_s is not None:
             extra += ["--upload-idle-timeout-s", str(args.idle_s)]

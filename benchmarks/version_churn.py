@@ -77,6 +77,15 @@ def sample(server: ServerUnderTest, stub: pb_grpc.GRPCInferenceServiceStub) -> d
     }
 
 
+def write_repository(folder: Path) -> Path:
+    """A repository in `folder` holding version 1 of the add-constant model."""
+    repository = folder / "repository"
+    (repository / MODEL / "1").mkdir(parents=True)
+    (repository / MODEL / "config.json").write_text(CONFIG)
+    (repository / MODEL / "1" / "model.onnx").write_bytes(add_model(1.0))
+    return repository
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--versions", type=int, default=600)
@@ -85,10 +94,7 @@ def main() -> int:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
-        repository = Path(folder) / "repository"
-        (repository / MODEL / "1").mkdir(parents=True)
-        (repository / MODEL / "config.json").write_text(CONFIG)
-        (repository / MODEL / "1" / "model.onnx").write_bytes(add_model(1.0))
+        repository = write_repository(Path(folder))
         server = start(repository, metrics=True)
         channel = grpc.insecure_channel(server.address)
         stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
