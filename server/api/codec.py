@@ -93,16 +93,6 @@ def decode_tensors(checked: CheckedRequest) -> InferenceRequest:
     return InferenceRequest(arrays, _output_names(request, model), batch_size, checked.deadline)
 
 
-def decode_request(
-    request: pb.ModelInferRequest,
-    model: ServingModel,
-    deadline: float | None,
-    limits: RequestLimits,
-) -> InferenceRequest:
-    """check_request, then decode_tensors."""
-    return decode_tensors(check_request(request, model, deadline, limits))
-
-
 def encode_response(
     request: pb.ModelInferRequest, model: ServingModel, response: InferenceResponse
 ) -> pb.ModelInferResponse:

@@ -21,7 +21,6 @@ from trtserve.server.repository.repository import ModelRepository
 from trtserve.server.repository.staging import StagedFile
 from trtserve.server.repository.transaction import (
     RepositoryChange,
-    StreamedFile,
     recover_interrupted,
 )
 from trtserve.server.scheduler.batcher import ModelScheduler, SchedulerConfig
@@ -85,7 +84,7 @@ class ModelManager:
         name: str,
         *,
         config_json: str | None = None,
-        files: Mapping[str, bytes | StreamedFile | StagedFile] | None = None,
+        files: Mapping[str, bytes | StagedFile] | None = None,
         fall_back: bool = False,
     ) -> ServingModel:
         """Write the given config and files, then (re)load the model's newest version.

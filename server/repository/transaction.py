@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,17 +66,6 @@ def _try_lock(fd: int) -> bool:
 
 
 @dataclass
-class StreamedFile:
-    """A file that arrives in chunks (an upload); size and sha256 are known once written."""
-
-    chunks: Iterable[bytes]
-    expected_sha256: str | None
-    max_bytes: int
-    size: int = 0
-    sha256: str = ""
-
-
-@dataclass
 class _Written:
     target: Path
     backup: Path | None
@@ -112,8 +101,8 @@ class RepositoryChange:
         target = self.repository.model_dir(self.name) / "config.json"
         self._replace(target, lambda: self.repository.write_config_json(self.name, text))
 
-    def write_file(self, relative_path: str, data: bytes | StreamedFile | StagedFile) -> None:
-        """Write `<version>/<file>`, from bytes, a stream of chunks or a staged upload."""
+    def write_file(self, relative_path: str, data: bytes | StagedFile) -> None:
+        """Write `<version>/<file>`, from bytes or by moving a staged upload into place."""
         target = self.repository.file_path(self.name, relative_path)
         if isinstance(data, StagedFile):
             staged = data.path
@@ -121,16 +110,6 @@ class RepositoryChange:
                 target,
                 lambda: self.repository.move_into_place(self.name, relative_path, staged),
             )
-        elif isinstance(data, StreamedFile):
-            stream = data
-
-            def write() -> None:
-                stream.size, stream.sha256 = self.repository.write_stream(
-                    self.name, relative_path, stream.chunks, stream.expected_sha256,
-                    stream.max_bytes,
-                )  # fmt: skip
-
-            self._replace(target, write)
         else:
             payload = data
             self._replace(

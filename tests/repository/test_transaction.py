@@ -9,10 +9,10 @@ import pytest
 
 from trtserve.server.errors import InvalidArgument
 from trtserve.server.repository.repository import ModelRepository
+from trtserve.server.repository.staging import stage
 from trtserve.server.repository.transaction import (
     LOCKS_FOLDER,
     RepositoryChange,
-    StreamedFile,
     recover_interrupted,
 )
 
@@ -64,21 +64,26 @@ def test_rollback_of_a_new_model_removes_its_folder(repository: ModelRepository)
     assert not (repository.root / "fresh").exists()
 
 
-def test_failed_stream_leaves_the_old_file(repository: ModelRepository) -> None:
-    change = RepositoryChange(repository, "m")
-    stream = StreamedFile(iter([b"new ", b"model"]), "0" * 64, max_bytes=100)
+def test_failed_upload_leaves_the_old_file(repository: ModelRepository) -> None:
     with pytest.raises(InvalidArgument, match="sha256"):
-        change.write_file("1/model.onnx", stream)
-    change.rollback()
+        stage(repository, "m", "1/model.onnx", iter([b"new ", b"model"]), "0" * 64, 100)
     assert listing(repository.root)["m/1/model.onnx"] == b"old model"
-    assert not any(".backup-" in name for name in listing(repository.root))
+    assert not any(".tmp-" in name or ".backup-" in name for name in listing(repository.root))
 
 
-def test_stream_records_size_and_digest(repository: ModelRepository) -> None:
-    stream = StreamedFile(iter([b"abc", b"def"]), None, max_bytes=100)
-    RepositoryChange(repository, "m").write_file("3/model.onnx", stream)
-    assert stream.size == 6
-    assert stream.sha256 == "bef57ec7f53a6d40beb640a780a639c83bc29ac8a9816f1fc6c5c6dcd93c4721"
+def test_staged_upload_records_size_and_digest_and_moves_into_place(
+    repository: ModelRepository,
+) -> None:
+    staged = stage(repository, "m", "3/model.onnx", iter([b"abc", b"def"]), None, 100)
+    change = RepositoryChange(repository, "m")
+    change.write_file("3/model.onnx", staged)
+    change.commit()
+    staged.discard()
+    assert staged.size == 6
+    assert staged.sha256 == "bef57ec7f53a6d40beb640a780a639c83bc29ac8a9816f1fc6c5c6dcd93c4721"
+    files = listing(repository.root)
+    assert files["m/3/model.onnx"] == b"abcdef"
+    assert not any(".tmp-" in name for name in files)
 
 
 def test_recovery_restores_a_change_interrupted_before_commit(
