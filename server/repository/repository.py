@@ -180,24 +180,6 @@ class ModelRepository:
         self._atomic_write(target, [data], None, None, f"model '{name}' file '{relative_path}'")
         return target
 
-    def write_stream(
-        self,
-        name: str,
-        relative_path: str,
-        chunks: Iterable[bytes],
-        expected_sha256: str | None,
-        max_bytes: int,
-    ) -> tuple[int, str]:
-        """Write an upload atomically; return its size and sha256 (hex).
-
-        More than `max_bytes` raises ResourceExhausted and a digest other than
-        `expected_sha256` raises InvalidArgument; either way nothing is left on disk.
-        """
-        what = f"model '{name}' file '{relative_path}'"
-        check_sha256(what, expected_sha256)
-        target = self.file_path(name, relative_path)
-        return self._atomic_write(target, chunks, expected_sha256, max_bytes, what)
-
     def file_path(self, name: str, relative_path: str) -> Path:
         """Where `<version>/<file>` of a model lives (validated; it may not exist)."""
         version, filename = check_relative_path(relative_path)

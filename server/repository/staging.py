@@ -62,8 +62,8 @@ def stage(
 ) -> StagedFile:
     """Write an upload of `<version>/<file>` into a locked temporary file of the model folder.
 
-    Over `max_bytes`, a digest other than `expected_sha256` or a full disk raise (as
-    `write_stream` does) and leave nothing behind.
+    Over `max_bytes`, a digest other than `expected_sha256` or a full disk raise and leave
+    nothing behind.
     """
     what = f"model '{name}' file '{relative_path}'"
     check_relative_path(relative_path)

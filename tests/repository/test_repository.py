@@ -15,6 +15,7 @@ from trtserve.server.errors import (
     ResourceExhausted,
 )
 from trtserve.server.repository.repository import ModelRepository
+from trtserve.server.repository.staging import stage
 from trtserve.server.specs import DeviceKind, InstanceGroup
 
 
@@ -140,24 +141,26 @@ def test_write_config_json_is_exact(repo: ModelRepository) -> None:
     assert all_files(repo.root) == ["m", "m/config.json"]
 
 
-def test_write_stream_returns_size_and_digest(repo: ModelRepository) -> None:
+def test_staged_upload_has_its_size_and_digest(repo: ModelRepository) -> None:
     chunks = [b"a" * 1000, b"b" * 5, b""]
     digest = hashlib.sha256(b"".join(chunks)).hexdigest()
-    size, sha = repo.write_stream("m", "2/model.onnx", chunks, digest.upper(), max_bytes=1005)
-    assert (size, sha) == (1005, digest)
-    assert (repo.root / "m" / "2" / "model.onnx").read_bytes() == b"".join(chunks)
-    assert all_files(repo.root) == ["m", "m/2", "m/2/model.onnx"]
+    staged = stage(repo, "m", "2/model.onnx", chunks, digest.upper(), max_bytes=1005)
+    assert (staged.size, staged.sha256) == (1005, digest)
+    assert staged.path.parent == repo.root / "m" and staged.path.name.startswith(".tmp-")
+    assert staged.path.read_bytes() == b"".join(chunks)
+    staged.discard()
+    assert all_files(repo.root) == []
 
 
-def test_stream_with_wrong_sha_leaves_nothing(repo: ModelRepository) -> None:
+def test_upload_with_wrong_sha_leaves_nothing(repo: ModelRepository) -> None:
     with pytest.raises(InvalidArgument) as e:
-        repo.write_stream("m", "1/model.onnx", [b"data"], "0" * 64, max_bytes=100)
+        stage(repo, "m", "1/model.onnx", [b"data"], "0" * 64, max_bytes=100)
     assert f"expected {'0' * 64}, received {hashlib.sha256(b'data').hexdigest()}" in str(e.value)
     assert "model 'm' file '1/model.onnx'" in str(e.value)
     assert all_files(repo.root) == []
 
 
-def test_stream_over_the_limit_leaves_nothing_and_stops_reading(repo: ModelRepository) -> None:
+def test_upload_over_the_limit_leaves_nothing_and_stops_reading(repo: ModelRepository) -> None:
     consumed: list[int] = []
 
     def chunks() -> Iterator[bytes]:
@@ -166,15 +169,15 @@ def test_stream_over_the_limit_leaves_nothing_and_stops_reading(repo: ModelRepos
             yield b"x" * 10
 
     with pytest.raises(ResourceExhausted, match="expected at most 25 bytes, received more"):
-        repo.write_stream("m", "1/model.onnx", chunks(), None, max_bytes=25)
+        stage(repo, "m", "1/model.onnx", chunks(), None, max_bytes=25)
     assert len(consumed) == 3
     assert all_files(repo.root) == []
 
 
-def test_failed_stream_keeps_the_previous_file(repo: ModelRepository) -> None:
+def test_failed_upload_keeps_the_previous_file(repo: ModelRepository) -> None:
     repo.write_file("m", "1/model.onnx", b"old")
     with pytest.raises(ResourceExhausted):
-        repo.write_stream("m", "1/model.onnx", [b"new" * 10], None, max_bytes=5)
+        stage(repo, "m", "1/model.onnx", [b"new" * 10], None, max_bytes=5)
     assert (repo.root / "m" / "1" / "model.onnx").read_bytes() == b"old"
     assert all_files(repo.root) == ["m", "m/1", "m/1/model.onnx"]
 
@@ -185,13 +188,13 @@ def test_failing_chunk_source_leaves_nothing(repo: ModelRepository) -> None:
         raise ConnectionError("client went away")
 
     with pytest.raises(ConnectionError):
-        repo.write_stream("m", "1/model.onnx", chunks(), None, max_bytes=100)
+        stage(repo, "m", "1/model.onnx", chunks(), None, max_bytes=100)
     assert all_files(repo.root) == []
 
 
 def test_malformed_sha_is_invalid_argument(repo: ModelRepository) -> None:
     with pytest.raises(InvalidArgument, match="sha256: expected 64 hexadecimal digits"):
-        repo.write_stream("m", "1/model.onnx", [b"x"], "abc", max_bytes=10)
+        stage(repo, "m", "1/model.onnx", [b"x"], "abc", max_bytes=10)
 
 
 @pytest.mark.parametrize(
@@ -219,7 +222,7 @@ def test_bad_relative_paths_are_refused(repo: ModelRepository, relative_path: st
     # The received value is quoted (cut to 64 characters when longer).
     assert f"received {repr(relative_path[:64])[:-1]}" in str(e.value)
     with pytest.raises(InvalidArgument):
-        repo.write_stream("m", relative_path, [b"x"], None, max_bytes=10)
+        stage(repo, "m", relative_path, [b"x"], None, max_bytes=10)
     assert all_files(repo.root) == []
 
 
