@@ -152,6 +152,8 @@ async def start_server(
     server = _grpc_server(settings, plane, health_servicer, policy)
     grpc_port = bind_grpc(server, f"{settings.bind_host}:{settings.grpc_port}", credentials)
     metrics_port = _start_metrics(settings, registry)
+    # Before the first call: recovery must not mistake a change in progress for debris.
+    await manager.recover()
     await server.start()
     await manager.load_all()
     state.ready = True

@@ -188,12 +188,14 @@ class ServerMetrics:
 
         Without this every version ever loaded would stay in /metrics and in ModelStatistics.
         """
+        with self._lock:
+            self._stats.pop((model, version), None)
+            bound = self._bound.pop((model, version), None)
+        if bound is not None:
+            bound.dropped = True
         labels = {"model": model, "version": version}
         for metric in self._version_metrics:
             metric.remove_by_labels(labels)
-        with self._lock:
-            self._stats.pop((model, version), None)
-            self._bound.pop((model, version), None)
 
     def version(self, model: str, version: str) -> VersionMetrics:
         """The metrics of one model version, bound once so recording skips label lookups."""
@@ -229,6 +231,8 @@ class VersionMetrics:
         self._pending_sources: list[Callable[[], int]] = []
         metrics.pending.labels(model, version).set_function(self._pending_total)
         self.stats = stats
+        # Set when the version stops serving and its series are removed.
+        self.dropped = False
 
     def add_pending_source(self, source: Callable[[], int]) -> None:
         """Count `source()` (requests queued or executing) in trtserve_pending_requests."""
@@ -260,6 +264,8 @@ class VersionMetrics:
         """
         counter = self._requests.get(outcome)
         if counter is None:
+            if self.dropped:  # a late request of a version gone: labels() would bring it back
+                return
             counter = self._metrics.requests.labels(*self._labels, outcome)
             self._requests[outcome] = counter
         counter.inc()

@@ -1,8 +1,8 @@
 """The one place where errors become gRPC statuses, applied to every method at registration.
 
-A `ServerError` is answered with its status and message. Anything else is a bug: the client
-gets INTERNAL with an error id, and the log gets the id with the traceback, so internal
-details never reach a caller but an operator can find them.
+A `ServerError` is answered with its status and message. `Internal` and anything else (a
+bug) are answered INTERNAL with an error id, and the log gets the id with the traceback, so
+internal details never reach a caller but an operator can find them.
 """
 
 from __future__ import annotations
@@ -45,8 +45,12 @@ def status_code(error: BaseException) -> grpc.StatusCode:
 
 
 def client_message(error: Exception, where: str) -> str:
-    """What the client is told of `error`; an unexpected one is logged under a fresh id."""
-    if isinstance(error, errors.ServerError):
+    """What the client is told of `error`; an internal one is logged under a fresh id.
+
+    Internal errors (bugs, and `errors.Internal`, which wraps a backend's failure) may carry
+    a backend's or library's own text: the client gets the id, never that text.
+    """
+    if isinstance(error, errors.ServerError) and not isinstance(error, errors.Internal):
         return str(error)
     error_id = secrets.token_hex(6)
     log.error("internal error %s in %s", error_id, where, exc_info=error)

@@ -19,7 +19,7 @@ from trtserve.server.errors import (
 )
 from trtserve.server.limits import check_upload_size
 from trtserve.server.repository.repository import check_model_name, check_relative_path
-from trtserve.server.repository.staging import stage
+from trtserve.server.repository.staging import StagedFile, stage
 
 # Chunks in flight between the gRPC stream and the writer thread: bounds the server's memory.
 _QUEUE_CHUNKS = 8
@@ -75,7 +75,12 @@ class UploadServicer(tpb_grpc.ModelUploadServicer):
         # When the stream fails first, the writer's own error (the stream ended) is expected.
         writer.add_done_callback(lambda done: done.cancelled() or done.exception())
         await _feed(request_iterator, chunks, writer)
-        staged = await writer
+        try:
+            # Shielded: the thread writes on regardless, and its file must not be lost.
+            staged = await asyncio.shield(writer)
+        except asyncio.CancelledError:
+            writer.add_done_callback(_discard_staged)
+            raise
         try:
             await self._plane.load(name, header.config_json or None, {relative_path: staged})
         finally:
@@ -124,6 +129,12 @@ class UploadServicer(tpb_grpc.ModelUploadServicer):
         writing.discard(version)
         if not writing:  # names come from clients: keep no entry for each one ever seen
             del self._writing[name]
+
+
+def _discard_staged(writer: asyncio.Future[StagedFile]) -> None:
+    """Remove the file of an upload whose client went away while it was being written."""
+    if not writer.cancelled() and writer.exception() is None:
+        writer.result().discard()
 
 
 async def _idle_limited(messages: AsyncIterator[Any], idle_s: float) -> AsyncIterator[Any]:

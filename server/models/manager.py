@@ -69,9 +69,16 @@ class ModelManager:
         # Called on every state change; the API layer keeps per-model health with it.
         self.on_state_change: Callable[[str, ModelState], None] | None = None
 
+    async def recover(self) -> None:
+        """Undo what a crash left half-done in the repository (see recover_interrupted).
+
+        Run before the server takes calls: POSIX locks belong to the process, so recovery
+        cannot tell this process's own changes in progress from a dead server's debris.
+        """
+        await asyncio.to_thread(recover_interrupted, self.repository)
+
     async def load_all(self) -> None:
         """Load every model of the repository; a failure leaves that model UNAVAILABLE."""
-        await asyncio.to_thread(recover_interrupted, self.repository)
         names = await asyncio.to_thread(self.repository.model_names)
         for name in names:
             try:
@@ -93,7 +100,25 @@ class ModelManager:
 
         With `fall_back`, older versions are tried when the newest fails (used at start-up,
         so a broken upload never takes down a model that has a good older version).
+
+        A caller that goes away (cancelled: a deadline, a closed connection) stops waiting, but
+        the change runs to its commit or rollback: cancelled mid-write, a worker thread would go
+        on writing while the rollback ran, and a loaded engine would never be closed.
         """
+        change = asyncio.ensure_future(self._load(name, config_json, files, fall_back))
+        try:
+            return await asyncio.shield(change)
+        except asyncio.CancelledError:
+            change.add_done_callback(_log_failure)  # nobody waits for its outcome now
+            raise
+
+    async def _load(
+        self,
+        name: str,
+        config_json: str | None,
+        files: Mapping[str, bytes | StagedFile] | None,
+        fall_back: bool,
+    ) -> ServingModel:
         async with self._lock(name):
             if config_json is not None:
                 # Malformed JSON is refused before anything is written.
@@ -265,6 +290,15 @@ class ModelManager:
                 "reason": reason,
             },
         )
+
+
+def _log_failure(change: asyncio.Future[ServingModel]) -> None:
+    """Log how a change that its caller stopped waiting for ended."""
+    if change.cancelled():
+        return
+    error = change.exception()
+    if error is not None:
+        log.warning("a model change whose caller went away failed: %s", error, exc_info=error)
 
 
 def _create_instances(loaded: LoadedModel, placements: Sequence[Placement]) -> list[ModelInstance]:

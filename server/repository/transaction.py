@@ -117,11 +117,16 @@ class RepositoryChange:
             )
 
     def commit(self) -> None:
-        """Keep the new files; drop the backups."""
+        """Keep the new files; drop the backups (durably: a backup that came back after a
+        power loss would be restored over the acknowledged file)."""
+        folders: set[Path] = set()
         for written in self._written:
             if written.backup is not None:
                 with contextlib.suppress(FileNotFoundError):
                     written.backup.unlink()
+                folders.add(written.backup.parent)
+        for folder in folders:
+            fsync_dir(folder)
         self._written = []
         self._unlock()
 

@@ -36,6 +36,10 @@ class FailingInference(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerLive(self, request: Any, context: Any) -> Any:
         raise RuntimeError(SECRET)
 
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        # Internal wraps what a backend said: its text stays in the log too.
+        raise errors.Internal(f"model 'x': execution failed: {SECRET}")
+
     async def ServerReady(self, request: Any, context: Any) -> Any:
         raise NotFound("model 'x' is not loaded")
 
@@ -83,6 +87,9 @@ async def calls(port: int) -> dict[str, tuple[grpc.StatusCode, str]]:
             except grpc.aio.AioRpcError as error:
                 outcomes[name] = (error.code(), error.details() or "")
 
+        meta = pb.ServerMetadataRequest().SerializeToString()
+        parse_meta = pb.ServerMetadataResponse.FromString
+        await unary("metadata", inference + "ServerMetadata", meta, parse_meta)
         live = pb.ServerLiveRequest().SerializeToString()
         await unary("live", inference + "ServerLive", live, pb.ServerLiveResponse.FromString)
         ready = pb.ServerReadyRequest().SerializeToString()
@@ -153,7 +160,7 @@ def test_every_kind_of_method_maps_its_errors_in_one_way(caplog: pytest.LogCaptu
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "inference.ServerLiveRequest" in details
 
     ids = []
-    for name in ("live", "check", "stream", "watch"):
+    for name in ("live", "metadata", "check", "stream", "watch"):
         code, details = outcomes[name]
         found = INTERNAL.fullmatch(details)
         assert code == grpc.StatusCode.INTERNAL and found, (name, code, details)

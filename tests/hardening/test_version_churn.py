@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 from conftest import MetricSamples
+from prometheus_client import CollectorRegistry, generate_latest
 from served import Served, serving
 from server_process import start_server
 from tiny_models import add_config, add_constant_model, add_request, write_model
 
 from trtserve.protocol import grpc_service_pb2 as pb
+from trtserve.server.metrics import ServerMetrics
 
 TIMEOUT_S = 30.0
 MODEL = "churn"
@@ -81,3 +83,15 @@ def test_replaced_and_unloaded_versions_leave_no_series(
     )
     stats = served.stub.ModelStatistics(pb.ModelStatisticsRequest(), timeout=TIMEOUT_S)
     assert list(stats.model_stats) == []
+
+
+def test_a_late_request_of_a_dropped_version_brings_no_series_back() -> None:
+    registry = CollectorRegistry()
+    metrics = ServerMetrics(registry)
+    late = metrics.version(MODEL, "1")
+    late.record_request("success", 1_000, None)
+    metrics.drop_version(MODEL, "1")
+    # A request that still held the old version ends after the drop, with a new outcome.
+    late.record_request("unavailable", 1_000, None)
+    text = generate_latest(registry).decode()
+    assert 'version="1"' not in text, text
