@@ -105,7 +105,7 @@ def launch(
 
 
 def start(
-    repository: Path,
+    repository: Path | None,
     extra_args: Sequence[str] = (),
     timeout: float = 120.0,
     *,
@@ -114,8 +114,9 @@ def start(
 ) -> ServerUnderTest:
     """Start `trtserve serve` on a free loopback port; return once it is serving.
 
-    `metrics` opens the metrics port too (on a free port: `metrics_port`); `python` is the
-    interpreter that runs it (another checkout's virtualenv measures that checkout).
+    `repository` None serves the built-in models. `metrics` opens the metrics port too (on a
+    free port: `metrics_port`); `python` is the interpreter that runs it (another checkout's
+    virtualenv measures that checkout).
     """
     args = [
         "-m",
@@ -128,8 +129,7 @@ def start(
         "--metrics-port",
         "0" if metrics else "-1",
         "--insecure-local-admin",
-        "--repository",
-        str(repository),
+        *(["--repository", str(repository)] if repository is not None else []),
         *extra_args,
     ]
     return launch(args, "trtserve", timeout, python)

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +32,6 @@ from server_under_test import ServerUnderTest, start
 
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.protocol import grpc_service_pb2_grpc as pb_grpc
-from trtserve.server.default_model import write_default_repository
 
 MODEL = "simple"
 TIMEOUT_S = 30.0
@@ -142,14 +140,12 @@ def main() -> int:
     parser.add_argument("--server-python", default=sys.executable)
     parser.add_argument("--server-arg", action="append", default=[], help="extra serve flag")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="stream-backpressure-") as folder:
-        repository = Path(folder) / "repository"
-        write_default_repository(repository)
-        server = start(repository, args.server_arg, python=args.server_python)
-        try:
-            report = asyncio.run(run(args, server))
-        finally:
-            status = server.stop()
+    # No repository: the server serves its built-in `simple` model.
+    server = start(None, args.server_arg, python=args.server_python)
+    try:
+        report = asyncio.run(run(args, server))
+    finally:
+        status = server.stop()
     print(json.dumps({**asdict(report), "server_exit": status}))
     return 0 if report.server_live_after and status == 0 else 1
 

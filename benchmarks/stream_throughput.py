@@ -16,7 +16,6 @@ import asyncio
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +27,6 @@ from server_under_test import start
 from stream_backpressure import simple_request
 
 from trtserve.protocol import grpc_service_pb2_grpc as pb_grpc
-from trtserve.server.default_model import write_default_repository
 
 
 async def one_stream(address: str, count: int) -> int:
@@ -66,18 +64,16 @@ def main() -> int:
     parser.add_argument("--server-python", default=sys.executable)
     parser.add_argument("--server-arg", action="append", default=[], help="extra serve flag")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="stream-throughput-") as folder:
-        repository = Path(folder) / "repository"
-        write_default_repository(repository)
-        server = start(repository, args.server_arg, python=args.server_python)
-        try:
-            asyncio.run(measure(server.address, args.streams, min(args.requests, 2000)))  # warm-up
-            runs = [
-                asyncio.run(measure(server.address, args.streams, args.requests))
-                for _ in range(args.runs)
-            ]
-        finally:
-            status = server.stop()
+    # No repository: the server serves its built-in `simple` model.
+    server = start(None, args.server_arg, python=args.server_python)
+    try:
+        asyncio.run(measure(server.address, args.streams, min(args.requests, 2000)))  # warm-up
+        runs = [
+            asyncio.run(measure(server.address, args.streams, args.requests))
+            for _ in range(args.runs)
+        ]
+    finally:
+        status = server.stop()
     rates = [rate for rate, _ in runs]
     report = {
         "streams": args.streams,
