@@ -171,13 +171,13 @@ class ModelRepository:
     def write_config(self, name: str, text: str, fmt: Literal["pbtxt", "json"]) -> Path:
         """Write config.pbtxt or config.json atomically."""
         target = self.model_dir(name) / f"config.{fmt}"
-        self._atomic_write(target, [text.encode("utf-8")], None, None, f"model '{name}' config")
+        self._atomic_write(target, text.encode("utf-8"), f"model '{name}' config")
         return target
 
     def write_file(self, name: str, relative_path: str, data: bytes) -> Path:
         """Write `<version>/<file>` of a model atomically."""
         target = self.file_path(name, relative_path)
-        self._atomic_write(target, [data], None, None, f"model '{name}' file '{relative_path}'")
+        self._atomic_write(target, data, f"model '{name}' file '{relative_path}'")
         return target
 
     def file_path(self, name: str, relative_path: str) -> Path:
@@ -185,24 +185,16 @@ class ModelRepository:
         version, filename = check_relative_path(relative_path)
         return self.model_dir(name) / str(version) / filename
 
-    def _atomic_write(
-        self,
-        target: Path,
-        chunks: Iterable[bytes],
-        expected_sha256: str | None,
-        max_bytes: int | None,
-        what: str,
-    ) -> tuple[int, str]:
+    def _atomic_write(self, target: Path, data: bytes, what: str) -> None:
         self.check_writable(target)
         with space_errors(self.root, what):
             created = self.make_dirs(target.parent)
             try:
-                size, digest = _write_replace(target, chunks, expected_sha256, max_bytes, what)
+                _write_replace(target, data)
             except BaseException:
-                # Folders made only for this write go too, so a failed upload leaves no trace.
+                # Folders made only for this write go too, so a failed write leaves no trace.
                 remove_folders(created)
                 raise
-        return size, digest
 
     def check_writable(self, target: Path) -> None:
         """Refuse a write to `target` (a model folder or a path below one) through a link."""
@@ -289,27 +281,22 @@ def write_chunks(
     return size, digest
 
 
-def _write_replace(
-    target: Path,
-    chunks: Iterable[bytes],
-    expected_sha256: str | None,
-    max_bytes: int | None,
-    what: str,
-) -> tuple[int, str]:
+def _write_replace(target: Path, data: bytes) -> None:
     fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f"{TEMP_PREFIX}{target.name}.")
     temp = Path(temp_name)
     try:
         with os.fdopen(fd, "wb") as f:
             # mkstemp makes files private; model files are as readable as others written here.
             os.fchmod(f.fileno(), 0o644)
-            size, digest = write_chunks(f, chunks, expected_sha256, max_bytes, what)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(temp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
         raise
     fsync_dir(target.parent)
-    return size, digest
 
 
 def fsync_dir(folder: Path) -> None:
