@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -86,18 +88,9 @@ def test_model_another_live_server_is_changing_is_left_alone(
     version.mkdir()
     in_progress = version / ".tmp-model.onnx.abc"
     in_progress.write_bytes(b"arriving")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(repository.root / LOCKS_FOLDER / "m.lock")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    with lock_held_elsewhere(repository.root / LOCKS_FOLDER / "m.lock"):
         recover_interrupted(repository)
         assert in_progress.read_bytes() == b"arriving"
-    finally:
-        holder.communicate("")  # the holder exits: the kernel drops its lock
     recover_interrupted(repository)
     assert not version.exists()
 
@@ -112,24 +105,31 @@ sys.stdin.read()
 """
 
 
-def test_upload_staged_by_a_live_server_is_left_alone(repository: ModelRepository) -> None:
-    """Uploads are staged without the model's lock; the staged file's own lock tells."""
-    model = repository.root / "new"
-    model.mkdir()
-    staged = model / f"{STAGED_PREFIX}1-model.onnx.abc"
-    staged.write_bytes(b"arriving")
+@contextlib.contextmanager
+def lock_held_elsewhere(path: Path) -> Iterator[None]:
+    """Another process holds a POSIX lock on `path` for the duration (a live server)."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(staged)],
+        [sys.executable, "-c", HOLD_LOCK, str(path)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        yield
+    finally:
+        holder.communicate("")  # the holder exits: the kernel drops its lock
+
+
+def test_upload_staged_by_a_live_server_is_left_alone(repository: ModelRepository) -> None:
+    """Uploads are staged without the model's lock; the staged file's own lock tells."""
+    model = repository.root / "new"
+    model.mkdir()
+    staged = model / f"{STAGED_PREFIX}1-model.onnx.abc"
+    staged.write_bytes(b"arriving")
+    with lock_held_elsewhere(staged):
         recover_interrupted(repository)
         assert staged.read_bytes() == b"arriving"
-    finally:
-        holder.communicate("")
     # Its writer is gone: the file and the model folder made for it go.
     recover_interrupted(repository)
     assert not model.exists()
