@@ -3,6 +3,8 @@
 A backend turns one model file into a ``LoadedModel`` (what the file declares) that creates
 ``ModelInstance``s: independent executors, each used by one scheduler worker thread at a time.
 The scheduler packs requests into one batch per ``execute`` call; instances never see gRPC.
+Tensors passed by reference reach a backend as host arrays (views of shared memory), and, for
+backends that declare ``device_tensors``, as GPU memory (see runtime/tensor_buffers.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from trtserve.server.runtime.tensor_buffers import (
+    NO_TARGETS,
+    InputArray,
+    PlacedOutput,
+    RowTarget,
+)
 from trtserve.server.specs import DeviceKind, ModelIO, ModelSettings
 
 
@@ -43,10 +51,16 @@ class ExecutionTimings:
 
 @dataclass(frozen=True)
 class ExecutionResult:
-    """Outputs of one batch, each with the batch as its first dimension when batched."""
+    """Outputs of one batch, each with the batch as its first dimension when batched.
 
-    outputs: dict[str, np.ndarray]
+    An output named in `placed` was written into every target given for it; it may come back
+    as a PlacedOutput (nothing left to return) or, when some requests had no target, as the
+    whole array.
+    """
+
+    outputs: dict[str, np.ndarray | PlacedOutput]
     timings: ExecutionTimings
+    placed: frozenset[str] = frozenset()
 
 
 class ModelInstance(ABC):
@@ -54,9 +68,17 @@ class ModelInstance(ABC):
 
     @abstractmethod
     def execute(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+        self,
+        inputs: Mapping[str, InputArray],
+        output_names: Sequence[str],
+        targets: Mapping[str, Sequence[RowTarget]] = NO_TARGETS,
     ) -> ExecutionResult:
-        """Run one batch. Inputs are validated and packed; return the named outputs."""
+        """Run one batch. Inputs are validated and packed; return the named outputs.
+
+        `targets` says where requests want outputs written instead of returned; a backend
+        that does not write them leaves them out of `placed`, and the server copies.
+        Only a model whose `device_tensors` is true receives DeviceArray or GatheredArray.
+        """
 
     @abstractmethod
     def close(self) -> None:
@@ -70,6 +92,11 @@ class LoadedModel(ABC):
     @abstractmethod
     def io(self) -> ModelIO:
         """The tensors the model file declares."""
+
+    @property
+    def device_tensors(self) -> bool:
+        """Whether instances take inputs in GPU memory (DeviceArray, GatheredArray)."""
+        return False
 
     @abstractmethod
     def create_instance(self, placement: Placement) -> ModelInstance:

@@ -24,6 +24,7 @@ from trtserve.server.errors import (
     ServerError,
     Unavailable,
 )
+from trtserve.server.runtime.tensor_buffers import NO_TARGETS, InputArray, RowTarget
 from trtserve.server.specs import DeviceKind, ModelIO, ModelSettings, TensorSpec
 
 # ONNX Runtime's type strings and the v2 datatypes they carry.
@@ -108,13 +109,18 @@ class OnnxRuntimeInstance(ModelInstance):
         self._all_outputs = [t.name for t in io.outputs]
 
     def execute(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+        self,
+        inputs: Mapping[str, InputArray],
+        output_names: Sequence[str],
+        targets: Mapping[str, Sequence[RowTarget]] = NO_TARGETS,
     ) -> ExecutionResult:
+        # Inputs are host arrays (device_tensors is false); outputs with targets are copied
+        # into them by the data plane.
         session = self._session
         if session is None:
             raise Unavailable(f"model '{self._name}': instance is closed")
         start = time.perf_counter_ns()
-        feeds = {name: self._feed(name, array) for name, array in inputs.items()}
+        feeds = {name: self._feed(name, _host(name, array)) for name, array in inputs.items()}
         names = list(output_names) or self._all_outputs
         ready = time.perf_counter_ns()
         values = self._run(session, names, feeds)
@@ -243,3 +249,10 @@ def _string_array(model: str, tensor: str, array: np.ndarray) -> np.ndarray:
 def _bytes_array(value: Any) -> np.ndarray:
     array = np.asarray(value, dtype=np.object_)
     return _convert(_TO_BYTES, array)
+
+
+def _host(name: str, array: InputArray) -> np.ndarray:
+    """The input as a host array; the data plane never sends this backend GPU memory."""
+    if not isinstance(array, np.ndarray):
+        raise Internal(f"input '{name}': ONNX Runtime instances take host arrays only")
+    return array

@@ -34,6 +34,13 @@ from trtserve.server.errors import (
     Unavailable,
 )
 from trtserve.server.metrics import VersionMetrics
+from trtserve.server.runtime.tensor_buffers import (
+    DeviceArray,
+    GatheredArray,
+    InputArray,
+    PlacedOutput,
+    RowTarget,
+)
 from trtserve.server.scheduler.request import InferenceRequest, InferenceResponse
 from trtserve.server.specs import BatchingSettings
 
@@ -134,12 +141,18 @@ class ModelScheduler:
             return len(self._queue) + self._in_flight
 
     async def submit(self, request: InferenceRequest) -> InferenceResponse:
-        """Queue a request and wait for its outputs."""
+        """Queue a request and wait for its outputs.
+
+        The request is released (`InferenceRequest.release`) exactly once, by whichever path
+        it leaves the scheduler: refused here, dropped from the queue, or executed.
+        """
         if self._closing:
+            request.release()
             raise Unavailable(f"model '{self.config.model}' is unloading")
         future: asyncio.Future[InferenceResponse] = asyncio.get_running_loop().create_future()
         with self._changed:
             if len(self._queue) >= self.config.max_queue_size:
+                request.release()
                 raise ResourceExhausted(
                     f"model '{self.config.model}': queue is full "
                     f"(max_queue_size {self.config.max_queue_size}); retry later"
@@ -167,6 +180,8 @@ class ModelScheduler:
                 self._queued_rows = 0
             self._changed.notify_all()
         unloaded = Unavailable(f"model '{self.config.model}' was unloaded before the request ran")
+        for p in dropped:
+            p.request.release()
         _settle([(p.future, unloaded) for p in dropped])
         await asyncio.to_thread(self._join)
         self._metrics.remove_pending_source(self._pending_count)
@@ -185,6 +200,8 @@ class ModelScheduler:
             try:
                 outcomes = self._execute(index, batch)
             finally:
+                for p in batch:
+                    p.request.release()
                 with self._changed:
                     self._in_flight -= len(batch)
             # Settled only once they no longer count as pending: a client holding its answer
@@ -264,8 +281,10 @@ class ModelScheduler:
         expired: list[_Settlement] = []
         for p in self._queue:
             if p.future.done():
+                p.request.release()
                 continue
             if p.request.deadline is not None and p.request.deadline <= now:
+                p.request.release()
                 waited_ms = (time.perf_counter_ns() - p.enqueued_ns) / 1e6
                 error = DeadlineExceeded(
                     f"model '{self.config.model}': request deadline passed after "
@@ -285,7 +304,9 @@ class ModelScheduler:
         started_ns = time.perf_counter_ns()
         requests = [p.request for p in batch]
         try:
-            result = self._instances[index].execute(_pack(requests), _union_outputs(requests))
+            result = self._instances[index].execute(
+                _pack(requests), _union_outputs(requests), self._row_targets(requests)
+            )
             outcomes = self._split(batch, result, started_ns)
         except ServerError as error:
             return [(p.future, error) for p in batch]
@@ -307,6 +328,18 @@ class ModelScheduler:
             t.compute_output_ns,
         )
 
+    def _row_targets(self, requests: list[InferenceRequest]) -> dict[str, list[RowTarget]]:
+        """Where each request's rows of each output go, for outputs passed by reference."""
+        targets: dict[str, list[RowTarget]] = {}
+        batched = self.config.max_batch_size > 0
+        first_row = 0
+        for r in requests:
+            for name, target in r.output_targets.items():
+                rows = r.batch_size if batched else None
+                targets.setdefault(name, []).append(RowTarget(first_row, rows, target))
+            first_row += r.batch_size
+        return targets
+
     def _split(
         self, batch: list[_Pending], result: ExecutionResult, started_ns: int
     ) -> list[_Settlement]:
@@ -316,12 +349,19 @@ class ModelScheduler:
         sliced = self.config.max_batch_size > 0 and len(batch) > 1
         for p in batch:
             size = p.request.batch_size
-            outputs = {
-                name: (
-                    result.outputs[name][offset : offset + size] if sliced else result.outputs[name]
-                )
-                for name in p.request.output_names
-            }
+            outputs: dict[str, np.ndarray | PlacedOutput] = {}
+            for name in p.request.output_names:
+                whole = result.outputs[name]
+                if name in result.placed and name in p.request.output_targets:
+                    shape = (size, *whole.shape[1:]) if sliced else tuple(whole.shape)
+                    outputs[name] = PlacedOutput(whole.dtype, shape)
+                elif isinstance(whole, PlacedOutput):
+                    raise Internal(
+                        f"model '{self.config.model}': output '{name}' was placed although "
+                        "a request of the batch had no target for it"
+                    )
+                else:
+                    outputs[name] = whole[offset : offset + size] if sliced else whole
             offset += size
             outcomes.append((p.future, InferenceResponse(outputs, started_ns - p.enqueued_ns)))
         return outcomes
@@ -350,13 +390,18 @@ def _settle(outcomes: Sequence[_Settlement]) -> None:
             future.set_result(outcome)
 
 
-def _pack(requests: list[InferenceRequest]) -> dict[str, np.ndarray]:
+def _pack(requests: list[InferenceRequest]) -> dict[str, InputArray]:
     if len(requests) == 1:
-        return requests[0].inputs
-    return {
-        name: np.concatenate([r.inputs[name] for r in requests], axis=0)
-        for name in requests[0].inputs
-    }
+        return dict(requests[0].inputs)
+    packed: dict[str, InputArray] = {}
+    for name in requests[0].inputs:
+        parts = [r.inputs[name] for r in requests]
+        if any(isinstance(part, DeviceArray) for part in parts):
+            # GPU memory: the backend copies each part to its place (see GatheredArray).
+            packed[name] = GatheredArray(tuple(parts))
+        else:
+            packed[name] = np.concatenate(parts, axis=0)  # type: ignore[arg-type]
+    return packed
 
 
 def _union_outputs(requests: list[InferenceRequest]) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ from trtserve.server.backends.base import (
 )
 from trtserve.server.errors import DeadlineExceeded, Internal, ResourceExhausted, Unavailable
 from trtserve.server.metrics import ServerMetrics
+from trtserve.server.runtime.tensor_buffers import NO_TARGETS, InputArray, RowTarget
 from trtserve.server.scheduler.batcher import ModelScheduler, SchedulerConfig
 from trtserve.server.scheduler.request import InferenceRequest
 from trtserve.server.specs import BatchingSettings, DeviceKind
@@ -37,7 +38,10 @@ class GatedDoubler(ModelInstance):
         self.fail_next = False
 
     def execute(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+        self,
+        inputs: Mapping[str, InputArray],
+        output_names: Sequence[str],
+        targets: Mapping[str, Sequence[RowTarget]] = NO_TARGETS,
     ) -> ExecutionResult:
         self.started.set()
         assert self.gate.wait(10), "test never opened the gate"
@@ -381,7 +385,10 @@ class Forgetful(ModelInstance):
     """A broken backend: it returns none of the outputs asked for."""
 
     def execute(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+        self,
+        inputs: Mapping[str, InputArray],
+        output_names: Sequence[str],
+        targets: Mapping[str, Sequence[RowTarget]] = NO_TARGETS,
     ) -> ExecutionResult:
         return ExecutionResult({}, ExecutionTimings(1, 2, 3))
 
