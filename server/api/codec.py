@@ -59,11 +59,16 @@ class CheckedRequest(NamedTuple):
     output_references: dict[str, TensorReference]
 
     @property
-    def regions(self) -> tuple[str, ...]:
-        """The shared-memory regions the request references."""
-        names = [h.reference.region for h in self.headers if h.reference is not None]
-        names += [r.region for r in self.output_references.values()]
-        return tuple(dict.fromkeys(names))
+    def regions(self) -> dict[str, str]:
+        """The shared-memory regions the request references, each with the first tensor
+        that names it (for messages)."""
+        regions: dict[str, str] = {}
+        for h in self.headers:
+            if h.reference is not None:
+                regions.setdefault(h.reference.region, f"input '{h.name}'")
+        for name, reference in self.output_references.items():
+            regions.setdefault(reference.region, f"requested output '{name}'")
+        return regions
 
     @property
     def inline_bytes(self) -> int:

@@ -61,8 +61,8 @@ class PreparedRequest(Protocol):
         """How many elements decoding builds one object for (BYTES, typed contents)."""
 
     @property
-    def regions(self) -> tuple[str, ...]:
-        """The shared-memory regions the request references (inputs and outputs)."""
+    def regions(self) -> dict[str, str]:
+        """The shared-memory regions the request references, each with a tensor naming it."""
 
     @property
     def inline_bytes(self) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -244,17 +244,18 @@ class SharedMemoryRegistry:
 
     # --- leases ------------------------------------------------------------------------------
 
-    def lease(self, names: Iterable[str]) -> Lease:
-        """Hold the named regions for one request; NotFound naming the first unknown one."""
-        wanted = dict.fromkeys(names)
+    def lease(self, wanted: Mapping[str, str]) -> Lease:
+        """Hold the regions of one request, given as {region: the tensor that names it};
+        NotFound naming the first unknown region and its tensor."""
         with self._lock:
             entries: dict[str, _Entry] = {}
             for name in wanted:
                 entry = self._entries.get(name)
                 if entry is None:
                     raise NotFound(
-                        f"shared_memory_region: expected a registered region, received "
-                        f"'{name}' (see SystemSharedMemoryStatus and CudaSharedMemoryStatus)"
+                        f"{wanted[name]}: shared_memory_region: expected a registered region, "
+                        f"received '{name}' (see SystemSharedMemoryStatus and "
+                        "CudaSharedMemoryStatus)"
                     )
                 entries[name] = entry
             for entry in entries.values():
