@@ -12,7 +12,12 @@ import pytest
 from test_batcher import GatedDoubler, make_scheduler, request, run, wait_started
 
 from trtserve.server.backends.base import ExecutionResult, ExecutionTimings, ModelInstance
-from trtserve.server.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from trtserve.server.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 from trtserve.server.runtime.tensor_buffers import (
     NO_TARGETS,
     DeviceArray,
@@ -218,3 +223,34 @@ def test_a_request_without_a_target_gets_its_rows_when_another_was_placed() -> N
     untargeted = outputs[1]["y"]
     assert isinstance(untargeted, np.ndarray)
     np.testing.assert_array_equal(untargeted, np.arange(8, 12).reshape(1, 4))
+
+
+def test_outputs_a_backend_returned_are_written_into_their_targets_on_its_thread() -> None:
+    instance = Recorder(place=False)
+    target, memory = host_target(3)
+    small = OutputTarget("tiny", 8, host=np.zeros(8, dtype=np.uint8))
+    requests = [request(3, 1.0), request(1, 2.0), request(1, 3.0)]
+    requests[0].output_targets = {"y": target}
+    requests[1].output_targets = {"y": small}
+
+    async def scenario() -> list[object]:
+        scheduler = make_scheduler(instance)
+        scheduler.start()
+        first = asyncio.create_task(scheduler.submit(request(1, 0.0)))
+        assert await asyncio.to_thread(instance.started.wait, 10)
+        rest = [asyncio.create_task(scheduler.submit(r)) for r in requests]
+        while scheduler.pending < 4:
+            await asyncio.sleep(0)
+        instance.gate.set()
+        await first
+        outcomes = await asyncio.gather(*rest, return_exceptions=True)
+        await scheduler.close()
+        return list(outcomes)
+
+    placed, too_small, plain = run(scenario)
+    assert placed.outputs == {"y": PlacedOutput(np.dtype(np.float32), (3, 4))}
+    np.testing.assert_array_equal(memory.view(np.float32), np.arange(12))
+    # One request's output region too small fails that request only.
+    assert isinstance(too_small, InvalidArgument)
+    assert "'tiny' has room for 8 bytes" in str(too_small) and "needs 16" in str(too_small)
+    np.testing.assert_array_equal(plain.outputs["y"], np.arange(16, 20).reshape(1, 4))
