@@ -37,6 +37,9 @@ from trtserve.server.runtime.tensor_buffers import (
 # TensorRT wants I/O tensor addresses aligned to 256 bytes (cudaMalloc's alignment).
 ALIGNMENT = 256
 
+# The records of a plan are made anew for every execution and never changed after; they are
+# not frozen dataclasses because those cost several times more to construct, on every request.
+
 
 class CopyKind(Enum):
     """The direction of one cudaMemcpyAsync."""
@@ -47,7 +50,7 @@ class CopyKind(Enum):
     DEVICE_TO_HOST = "device to host"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Copy:
     """`nbytes` from `src` to `dst`, on the instance's stream; `what` names it in errors."""
 
@@ -58,7 +61,7 @@ class Copy:
     what: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Stage:
     """Host bytes the CPU copies to `dst` in the pinned staging buffer, before their H2D copy."""
 
@@ -74,7 +77,7 @@ class OwnBuffers:
     host: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class InputPlan:
     """The address the engine reads an input from, and what fills it first."""
 
@@ -83,7 +86,7 @@ class InputPlan:
     copies: tuple[Copy, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class OutputPlan:
     """The address the engine writes an output to, and the copies that follow the engine.
 
@@ -109,10 +112,13 @@ def plan_input(
     array: InputArray,
     device_id: int,
     own: OwnBuffers,
-    pinned: Callable[[int, int], bool],
+    pinned: Callable[[int, int], bool] | None,
 ) -> InputPlan:
-    """How input `name` reaches the engine on `device_id`; `pinned(address, nbytes)` says
-    whether host bytes are page-locked."""
+    """How input `name` reaches the engine on `device_id`.
+
+    `pinned(address, nbytes)` says whether host bytes are page-locked; None when nothing is,
+    which spares the plain path asking numpy for every array's address.
+    """
     what = f"input '{name}'"
     if isinstance(array, DeviceArray):
         if array.device_id == device_id and array.address % ALIGNMENT == 0:
@@ -130,7 +136,7 @@ def plan_input(
         dst = own.device + offset
         if isinstance(part, DeviceArray):
             copies.append(Copy(dst, part.address, nbytes, CopyKind.DEVICE_TO_DEVICE, what))
-        elif part.flags.c_contiguous and pinned(host_address(part), nbytes):
+        elif pinned is not None and part.flags.c_contiguous and pinned(host_address(part), nbytes):
             copies.append(Copy(dst, host_address(part), nbytes, CopyKind.HOST_TO_DEVICE, what))
         else:
             stages.append(Stage(part, own.host + offset))

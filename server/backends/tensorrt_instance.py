@@ -148,8 +148,9 @@ class TensorRTInstance(ModelInstance):
             # Output shapes follow from the input shapes: every target is checked for room
             # before any copy touches client memory.
             outputs = self._plan_outputs(output_names, targets)
+            pinned = None if PINNED.empty() else PINNED.contains
             plans = {
-                name: plan_input(name, array, self._device, self._own[name], PINNED.contains)
+                name: plan_input(name, array, self._device, self._own[name], pinned)
                 for name, array in arrays.items()
             }
             for plan in plans.values():

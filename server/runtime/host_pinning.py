@@ -85,6 +85,10 @@ class PinnedHostRanges:
                 # The mapping is being released anyway; a failure here only leaks a page lock.
                 log.warning("could not unpin host memory at 0x%x: %s", address, e)
 
+    def empty(self) -> bool:
+        """Whether no range is pinned (then no address needs looking up)."""
+        return not self._snapshot[0]
+
     def contains(self, address: int, nbytes: int) -> bool:
         """Whether [address, address + nbytes) lies inside one pinned range."""
         starts, ends = self._snapshot
