@@ -80,6 +80,8 @@ class GpuMemory:
 
     def zero(self, address: int, nbytes: int) -> None:
         cuda(self.rt.cudaMemset(address, 0, nbytes))
+        # cudaMemset returns before it ran; a later write it raced with would go unseen.
+        cuda(self.rt.cudaDeviceSynchronize())
 
     def free(self) -> None:
         for address in self.addresses:
