@@ -8,6 +8,7 @@ context, so the mapping is reference-counted here and closed when the last one g
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import threading
 from dataclasses import dataclass
@@ -106,7 +107,11 @@ def _require_gpu() -> Any:
 
 def _open_handle(rt: Any, raw: bytes, device_id: int) -> IpcMemory:
     handle = rt.cudaIpcMemHandle_t()
-    handle.reserved = raw
+    try:
+        handle.reserved = raw
+    except AttributeError:
+        # Some cuda-bindings releases expose the struct only through its address.
+        ctypes.memmove(handle.getPtr(), raw, len(raw))
     with use_device(device_id):
         try:
             pointer = cuda_call(
