@@ -142,6 +142,28 @@ def _utilities(kind: str) -> Any:
     return cudashm
 
 
+def _write(kind: str, handle: Any, data: np.ndarray, offset: int) -> None:
+    """Write `data` at `offset` of a region (the CUDA utility writes from 0 only: pad)."""
+    utilities = _utilities(kind)
+    if kind == "system":
+        utilities.set_shared_memory_region(handle, [data], offset=offset)
+    else:
+        padding = [np.zeros(offset, np.uint8)] if offset else []
+        utilities.set_shared_memory_region(handle, [*padding, data])
+
+
+def _read(kind: str, handle: Any, size: int, offset: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The FP32 tensor of `shape` at `offset` of a region of `size` bytes."""
+    utilities = _utilities(kind)
+    if kind == "system":
+        return np.array(
+            utilities.get_contents_as_numpy(handle, np.float32, list(shape), offset=offset)
+        )
+    whole = np.array(utilities.get_contents_as_numpy(handle, np.uint8, [size]))
+    nbytes = int(np.prod(shape)) * 4
+    return whole[offset : offset + nbytes].view(np.float32).reshape(shape)
+
+
 @remote
 def infer_by_reference(
     address: str,
@@ -166,7 +188,7 @@ def infer_by_reference(
         outputs = []
         for i in range(requests):
             data = x + np.float32(i)
-            utilities.set_shared_memory_region(handle, [data], offset=offset)
+            _write(kind, handle, data, offset)
             tensor = grpcclient.InferInput("x", list(x.shape), "FP32")
             tensor.set_shared_memory(region, x.nbytes, offset=offset)
             wanted = grpcclient.InferRequestedOutput("output0")
@@ -176,13 +198,7 @@ def infer_by_reference(
             described = result.get_output("output0")
             assert list(described.shape) == list(out_shape), described
             assert result.get_response().raw_output_contents[0] == b""
-            outputs.append(
-                np.array(
-                    utilities.get_contents_as_numpy(
-                        handle, np.float32, list(out_shape), offset=out_offset
-                    )
-                )
-            )
+            outputs.append(_read(kind, handle, size, out_offset, out_shape))
         return outputs
     finally:
         client.unregister_system_shared_memory(region) if kind == "system" else (
@@ -202,7 +218,7 @@ def cuda_registration_errors(address: str) -> dict[str, tuple[str, str]]:
     client = _client(address)
     cases: dict[str, Callable[[], object]] = {
         "device": lambda: client.register_cuda_shared_memory("bad-device", raw, 99, 1024),
-        "larger": lambda: client.register_cuda_shared_memory("bad-size", raw, 0, 1 << 40),
+        "larger": lambda: client.register_cuda_shared_memory("bad-size", raw, 0, 1 << 30),
         "garbage": lambda: client.register_cuda_shared_memory(
             "bad-handle", __import__("base64").b64encode(b"\x07" * 64), 0, 1024
         ),
