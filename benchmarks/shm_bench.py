@@ -912,6 +912,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="py-spy the server during one cell (--profile-cell) into DIR, if py-spy exists",
     )
     parser.add_argument("--profile-cell", default="system:8", help="PATH:CONCURRENCY (system:8)")
+    parser.add_argument(
+        "--paths",
+        default=",".join(PATHS),
+        help=f"comma-separated paths to measure ({','.join(PATHS)}); in-process always on a GPU",
+    )
     parser.add_argument("--child", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -982,8 +987,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         profiler = make_profiler(args.profile) if args.profile else None
         if args.profile and profiler is None:
             notes.append("--profile: py-spy is not installed, no profile taken")
+        wanted = set(args.paths.split(","))
         for path in PATHS:
-            if path == "cuda" and gpus == 0:
+            if path not in wanted or (path == "cuda" and gpus == 0):
                 continue
             for concurrency in CONCURRENCY:
                 profile = profiler if args.profile_cell == f"{path}:{concurrency}" else None
