@@ -35,12 +35,18 @@ from trtserve.protocol.allocator import DEFAULT_KEEP_BYTES, reuse_freed_memory
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-def prebuilt_response(model: str, outputs: Sequence[TensorArg]) -> pb.ModelInferResponse:
-    """The one response the floor sends: the model's outputs, zero-filled, as raw bytes."""
+def prebuilt_response(
+    model: str, outputs: Sequence[TensorArg], placed: bool = False
+) -> pb.ModelInferResponse:
+    """The one response the floor sends: the model's outputs, zero-filled, as raw bytes.
+
+    `placed`: as if every output had been written into shared memory, which a server answers
+    with an empty raw_output_contents entry per output (a reply of a few dozen bytes).
+    """
     reply = pb.ModelInferResponse(model_name=model, model_version="1")
     for out in outputs:
         reply.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
-        reply.raw_output_contents.append(out.zero_bytes())
+        reply.raw_output_contents.append(b"" if placed else out.zero_bytes())
     return reply
 
 
@@ -96,10 +102,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_KEEP_BYTES >> 20,
         help="as `trtserve serve --malloc-keep-mb`; 0 keeps glibc's defaults (default %(default)s)",
     )
+    parser.add_argument(
+        "--placed-outputs",
+        action="store_true",
+        help="answer as for outputs placed in shared memory: empty raw_output_contents entries",
+    )
     args = parser.parse_args(argv)
     # As `trtserve serve` does by default, so the floor is the same process, minus the server.
     reuse_freed_memory(args.malloc_keep_mb << 20)
-    asyncio.run(serve(args.host, args.port, prebuilt_response(args.model, args.output)))
+    asyncio.run(
+        serve(args.host, args.port, prebuilt_response(args.model, args.output, args.placed_outputs))
+    )
     return 0
 
 

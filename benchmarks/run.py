@@ -721,6 +721,21 @@ def render(
     return "\n".join(lines), summary
 
 
+# Sections of the page that other scripts measure (pasted by hand from their output): a rewrite
+# keeps them, from the heading to the end of the page.
+KEPT_SECTIONS = ("## Shared memory (CPU)",)
+
+
+def kept_sections(page: Path) -> str:
+    """The end of `page` from the first kept section's heading on ('' if none)."""
+    try:
+        text = page.read_text()
+    except OSError:
+        return ""
+    starts = [text.find("\n" + h + "\n") for h in KEPT_SECTIONS if "\n" + h + "\n" in text]
+    return "\n" + text[min(starts) + 1 :] if starts else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -794,6 +809,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for server in reversed(servers):
                 server.stop()
     text, summary = render(plan, tiny, dense, alone, time.perf_counter() - started, command)
+    text += kept_sections(args.out)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     log(f"wrote {args.out}: {summary}")

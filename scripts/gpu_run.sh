@@ -2,7 +2,8 @@
 # The GPU checks of docs/gpu-results.md, run on the GPU machine from the project root.
 #
 #   bash scripts/gpu_run.sh unpack   # unpack the staged lean wheel(s) into /tmp/lean/<VERSION>/
-#   bash scripts/gpu_run.sh full     # unpack, install, GPU tests, benchmark; results in $OUT
+#   bash scripts/gpu_run.sh full     # unpack, install, GPU tests, benchmarks; results in $OUT
+#   bash scripts/gpu_run.sh shm      # unpack, install, the shared-memory benchmark alone
 #   bash scripts/gpu_run.sh multi    # the same on a two-GPU host, with the multi-GPU benchmark
 #   bash scripts/gpu_run.sh prepare  # unpack and install only; then PYTHONPATH=/tmp/site python3 ...
 #
@@ -10,8 +11,10 @@
 # (scripts/build_gpu_wheels.sh builds them) and .gpu/ (../shared/gpu/stage.sh stages them). Each
 # call carries one lean runtime folder (64 MiB limit per call) and /tmp survives between quick
 # calls, so earlier calls run `unpack` with the other versions and /tmp/lean collects them all.
-# `full` and `multi` write a few flat files to $OUT: env.txt, unpack.log, pytest.log,
-# servers.log, bench.log and the benchmark's .json and .md.
+# `full` and `multi` write a few flat files to $OUT: env.txt (unpack.log folded in), pytest.log,
+# servers.log, bench.log and the benchmark's .json and .md; `full` also shm_bench.json, its
+# table appended to gpu_bench.md and its log to bench.log. That is 8 files with the tests'
+# corrupt_plans.json: the most a device call brings back.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-full}
@@ -87,6 +90,25 @@ PY
       echo "import tritonclient.grpc: FAILED"
     echo "lean runtimes: $(ls "$LEAN" 2>/dev/null | tr '\n' ' ')"
   } 2>&1 | tee "$OUT/env.txt"
+  # One file fewer to bring back (a device call returns at most 8).
+  if [[ -f $OUT/unpack.log ]]; then
+    { echo; echo "---- unpack.log"; cat "$OUT/unpack.log"; } >>"$OUT/env.txt"
+    rm -f "$OUT/unpack.log"
+  fi
+}
+
+# The shared-memory benchmark (benchmarks/shm_bench.py): 12 cells of 3 s and the in-process
+# run, about 2 minutes. Its log goes to bench.log; its table is printed and appended to $1.
+shm_bench() {
+  local append_to=$1
+  timeout 200 python3 benchmarks/shm_bench.py --runtimes-dir "$LEAN" --plans .gpu/plans \
+    --duration-s 3 --warmup-s 1 --out "$OUT/shm_bench.json" 2>&1 | tee -a "$OUT/bench.log"
+  local rc=${PIPESTATUS[0]}
+  if [[ -f $OUT/shm_bench.md ]]; then
+    { echo; cat "$OUT/shm_bench.md"; } >>"$append_to"
+    rm -f "$OUT/shm_bench.md"
+  fi
+  return "$rc"
 }
 
 case $mode in
@@ -95,6 +117,17 @@ unpack)
   ;;
 prepare)
   unpack && install
+  ;;
+shm)
+  unpack
+  install || exit 1
+  environment
+  : >"$OUT/bench.log"
+  shm_bench "$OUT/shm_bench_table.md"
+  shm_rc=$?
+  echo "shared-memory benchmark (exit $shm_rc):"
+  cat "$OUT/shm_bench_table.md" 2>/dev/null || tail -20 "$OUT/bench.log"
+  exit "$shm_rc"
   ;;
 full | multi)
   started=$SECONDS
@@ -119,6 +152,11 @@ full | multi)
       --out "$OUT/$bench.json" 2>&1 | tee "$OUT/bench.log"
   fi
   bench_rc=${PIPESTATUS[0]}
+  shm_rc=0
+  if [[ $mode == full ]]; then
+    shm_bench "$OUT/$bench.md.shm"
+    shm_rc=$?
+  fi
   echo
   echo "==================== summary ($((SECONDS - started)) s) ===================="
   grep -E "^GPU [0-9]" "$OUT/env.txt" || true
@@ -127,11 +165,21 @@ full | multi)
   grep -E '^(PASSED|FAILED|ERROR|SKIPPED) ' "$OUT/pytest.log" | sed 's/^/  /'
   echo "benchmark (exit $bench_rc):"
   cat "$OUT/$bench.md" 2>/dev/null || tail -20 "$OUT/bench.log"
+  if [[ $mode == full ]]; then
+    echo "shared-memory benchmark (exit $shm_rc):"
+    if [[ -f $OUT/$bench.md.shm ]]; then
+      cat "$OUT/$bench.md.shm"
+      cat "$OUT/$bench.md.shm" >>"$OUT/$bench.md"
+      rm -f "$OUT/$bench.md.shm"
+    else
+      grep -A3 -E "^(failed|Traceback)" "$OUT/bench.log" | tail -20
+    fi
+  fi
   ls -la "$OUT"
-  ((tests_rc == 0 && bench_rc == 0))
+  ((tests_rc == 0 && bench_rc == 0 && shm_rc == 0))
   ;;
 *)
-  echo "usage: bash scripts/gpu_run.sh unpack|prepare|full|multi" >&2
+  echo "usage: bash scripts/gpu_run.sh unpack|prepare|full|multi|shm" >&2
   exit 2
   ;;
 esac

@@ -30,12 +30,18 @@ from trtserve.server.backends.base import Backend
 from trtserve.server.backends.registry import make_backends, preload_runtimes
 from trtserve.server.dataplane.dataplane import DataPlane
 from trtserve.server.dataplane.serving_state import ServingState
+from trtserve.server.dataplane.shared_memory import (
+    RegionKind,
+    SharedMemoryLimits,
+    SharedMemoryRegistry,
+)
 from trtserve.server.default_model import write_default_repository
 from trtserve.server.limits import RequestLimits
 from trtserve.server.metrics import ServerMetrics
 from trtserve.server.model_state import ModelState
 from trtserve.server.models.manager import ModelManager
 from trtserve.server.repository.repository import ModelRepository
+from trtserve.server.runtime.cuda_device import cuda_device_count
 from trtserve.server.settings import LOOPBACK_HOSTS, ServerSettings
 from trtserve.server.tls import server_credentials
 from trtserve.server.transport import bind_grpc, connection_limit, server_options, start_metrics
@@ -67,6 +73,7 @@ class RunningServer:
     settings: ServerSettings
     backends: dict[str, Backend]
     temporary_repository: Path | None
+    plane: DataPlane
 
     async def drain_and_stop(self) -> None:
         """Turn unready, refuse new requests, let in-flight ones finish, then stop."""
@@ -79,6 +86,8 @@ class RunningServer:
             log.warning("grace period over with inference requests still in flight")
         await self.grpc_server.stop(max(0.0, deadline - time.monotonic()))
         await self.manager.close()
+        # After the models: no request can reference a region any more.
+        await asyncio.to_thread(self.plane.shared_memory.close_all)
         for backend in self.backends.values():
             await asyncio.to_thread(backend.close)
         if self.temporary_repository is not None:
@@ -121,6 +130,23 @@ def request_limits(settings: ServerSettings) -> RequestLimits:
     )
 
 
+def shared_memory_registry(
+    settings: ServerSettings, metrics: ServerMetrics, gpus: int
+) -> SharedMemoryRegistry:
+    """The registry of shared-memory regions, its limits from the settings."""
+
+    def publish(totals: dict[RegionKind, tuple[int, int]]) -> None:
+        for kind, (regions, nbytes) in totals.items():
+            metrics.set_shared_memory(kind.value, regions, nbytes)
+
+    limits = SharedMemoryLimits(
+        settings.max_shared_memory_regions, settings.max_shared_memory_mb << 20
+    )
+    registry = SharedMemoryRegistry(limits, lambda: gpus, publish)
+    publish(registry.totals())
+    return registry
+
+
 def _repository(settings: ServerSettings) -> tuple[ModelRepository, Path | None]:
     """The configured repository, or a temporary one holding the built-in models."""
     if settings.repository is not None:
@@ -148,7 +174,16 @@ async def start_server(
     health_servicer = GuardedHealthServicer(policy)
     manager.on_state_change = _model_health(health_servicer)
     state = ServingState()
-    plane = DataPlane(manager, metrics, state, server_version(), request_limits(settings))
+    gpus = await asyncio.to_thread(cuda_device_count)
+    plane = DataPlane(
+        manager,
+        metrics,
+        state,
+        server_version(),
+        request_limits(settings),
+        shared_memory_registry(settings, metrics, gpus),
+        gpus,
+    )
     server = _grpc_server(settings, plane, health_servicer, policy)
     grpc_port = bind_grpc(server, f"{settings.bind_host}:{settings.grpc_port}", credentials)
     metrics_port = _start_metrics(settings, registry)
@@ -168,6 +203,7 @@ async def start_server(
         settings,
         backends,
         temporary_repository,
+        plane,
     )
 
 

@@ -133,6 +133,31 @@ class ServerMetrics:
             (*labels, "state"),
             registry=registry,
         )
+        self.tensor_bytes = Counter(
+            "trtserve_tensor_bytes",
+            "Tensor bytes of inference requests, by direction and by path: inline (in the "
+            "messages) or by reference (system_shared_memory, cuda_shared_memory).",
+            ("direction", "path"),
+            registry=registry,
+        )
+        self.shared_memory_regions = Gauge(
+            "trtserve_shared_memory_regions",
+            "Registered shared-memory regions, by kind (system, cuda).",
+            ("kind",),
+            registry=registry,
+        )
+        self.shared_memory_bytes = Gauge(
+            "trtserve_shared_memory_bytes",
+            "Bytes of the registered shared-memory regions, by kind (system, cuda).",
+            ("kind",),
+            registry=registry,
+        )
+        # Bound once: recording runs per request.
+        self._tensor_bytes = {
+            (direction, path): self.tensor_bytes.labels(direction, path)
+            for direction in ("input", "output")
+            for path in ("inline", "system_shared_memory", "cuda_shared_memory")
+        }
         # Every metric labelled by version, but the state (see set_state).
         self._version_metrics: tuple[Counter | Gauge | Histogram, ...] = (
             self.requests,
@@ -155,6 +180,17 @@ class ServerMetrics:
         return Histogram(
             name, doc, ("model", "version"), buckets=_LATENCY_BUCKETS, registry=registry
         )
+
+    def count_tensor_bytes(self, direction: str, by_path: dict[str, int]) -> None:
+        """Add one request's tensor bytes of `direction` ("input", "output") per path."""
+        for path, nbytes in by_path.items():
+            if nbytes:
+                self._tensor_bytes[direction, path].inc(nbytes)
+
+    def set_shared_memory(self, kind: str, regions: int, nbytes: int) -> None:
+        """The registered regions of one kind ("system", "cuda") and their bytes."""
+        self.shared_memory_regions.labels(kind).set(regions)
+        self.shared_memory_bytes.labels(kind).set(nbytes)
 
     def stats(self, model: str, version: str) -> VersionStats:
         """The statistics of one model version (created empty on first use)."""

@@ -108,6 +108,20 @@ class ServerSettings:
             "RESOURCE_EXHAUSTED"
         },
     )
+    max_shared_memory_regions: int = field(
+        default=64,
+        metadata={
+            "help": "shared-memory regions (system and CUDA together) registered at once; "
+            "one more is refused with RESOURCE_EXHAUSTED"
+        },
+    )
+    max_shared_memory_mb: int = field(
+        default=65536,
+        metadata={
+            "help": "MiB all registered shared-memory regions may span together (system "
+            "regions are mapped and, with a GPU, pinned); over it: RESOURCE_EXHAUSTED"
+        },
+    )
     max_concurrent_uploads: int = field(
         default=4,
         metadata={
@@ -213,6 +227,8 @@ class ServerSettings:
             "max_concurrent_uploads",
             "max_upload_mb",
             "max_stream_in_flight",
+            "max_shared_memory_regions",
+            "max_shared_memory_mb",
         ]
         if self.max_connections is not None:
             positive.append("max_connections")

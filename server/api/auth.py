@@ -92,6 +92,13 @@ INFER_METHODS = frozenset(
         "ModelInfer",
         "ModelStreamInfer",
         "RepositoryIndex",
+        # A client registers its own memory to pass tensors by reference: part of inference.
+        "SystemSharedMemoryStatus",
+        "SystemSharedMemoryRegister",
+        "SystemSharedMemoryUnregister",
+        "CudaSharedMemoryStatus",
+        "CudaSharedMemoryRegister",
+        "CudaSharedMemoryUnregister",
     )
 )
 ADMIN_METHODS = frozenset(

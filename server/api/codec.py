@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
 from trtserve.protocol import datatypes, tensors
 from trtserve.protocol import grpc_service_pb2 as pb
+from trtserve.server.dataplane.shared_memory import Lease
+from trtserve.server.dataplane.tensor_references import (
+    BYTE_SIZE,
+    OFFSET,
+    REGION,
+    TensorReference,
+    check_input_size,
+    input_array,
+    output_target,
+)
 from trtserve.server.errors import InvalidArgument
 from trtserve.server.limits import (
     RequestLimits,
@@ -18,6 +28,7 @@ from trtserve.server.limits import (
     check_tensor_elements,
 )
 from trtserve.server.models.serving_model import ServingModel
+from trtserve.server.runtime.tensor_buffers import DeviceArray, PlacedOutput
 from trtserve.server.scheduler.request import InferenceRequest, InferenceResponse
 from trtserve.server.specs import TensorSpec
 
@@ -29,6 +40,8 @@ class _Input(NamedTuple):
     datatype: str
     shape: list[int]
     typed: bool
+    # Set when the client passed the tensor by reference (shared memory).
+    reference: TensorReference | None
 
 
 class CheckedRequest(NamedTuple):
@@ -37,14 +50,39 @@ class CheckedRequest(NamedTuple):
     request: pb.ModelInferRequest
     model: ServingModel
     headers: list[_Input]
+    # Raw data of the inputs sent inline, in the order of `inputs` (references have none).
     raw: list[bytes]
     deadline: float | None
     # Decoding builds objects per element (BYTES, typed contents) for this many elements.
     per_element: int
+    # Requested outputs to be written into shared memory.
+    output_references: dict[str, TensorReference]
 
-    def decode(self) -> InferenceRequest:
+    @property
+    def regions(self) -> dict[str, str]:
+        """The shared-memory regions the request references, each with the first tensor
+        that names it (for messages)."""
+        regions: dict[str, str] = {}
+        for h in self.headers:
+            if h.reference is not None:
+                regions.setdefault(h.reference.region, f"input '{h.name}'")
+        for name, reference in self.output_references.items():
+            regions.setdefault(reference.region, f"requested output '{name}'")
+        return regions
+
+    @property
+    def inline_bytes(self) -> int:
+        """Bytes of input data carried in the message (raw contents)."""
+        return sum(len(data) for data in self.raw)
+
+    @property
+    def input_references(self) -> tuple[TensorReference, ...]:
+        """The inputs passed by reference."""
+        return tuple(h.reference for h in self.headers if h.reference is not None)
+
+    def decode(self, lease: Lease | None) -> InferenceRequest:
         """The tensors decoded (see decode_tensors)."""
-        return decode_tensors(self)
+        return decode_tensors(self, lease)
 
 
 def check_request(
@@ -55,10 +93,7 @@ def check_request(
 ) -> CheckedRequest:
     """Validate a request's headers against the model and the limits, decoding nothing."""
     raw = list(request.raw_input_contents)
-    headers = [
-        _Input(t.name, t.datatype, list(t.shape), bool(raw) and t.HasField("contents"))
-        for t in request.inputs
-    ]
+    headers = [_header(t, bool(raw)) for t in request.inputs]
     _check_raw_layout(headers, raw)
     _check_input_names(headers, model)
     per_element = 0
@@ -72,25 +107,47 @@ def check_request(
         )
         if count == 0:
             check_dimensions(model.name, header.name, header.shape, limits.max_tensor_elements)
+        if header.reference is not None:
+            check_input_size(
+                model.name, header.name, header.datatype, header.shape, header.reference
+            )
         if header.datatype == "BYTES":
             bytes_counts = bytes_counts or {}
             bytes_counts[header.name] = count
             per_element += count
-        elif not raw:
+        elif not raw and header.reference is None:
             per_element += count
     if bytes_counts:
         check_bytes_elements(model.name, bytes_counts, limits.max_bytes_elements)
-    return CheckedRequest(request, model, headers, raw, deadline, per_element)
+    outputs = _output_references(request, model)
+    return CheckedRequest(request, model, headers, raw, deadline, per_element, outputs)
 
 
-def decode_tensors(checked: CheckedRequest) -> InferenceRequest:
-    """Decode the tensors of a checked request (zero-copy when raw numeric)."""
+def decode_tensors(checked: CheckedRequest, lease: Lease | None) -> InferenceRequest:
+    """Decode the tensors of a checked request (zero-copy when raw numeric or referenced).
+
+    `lease` holds the regions the request references (None when it references none).
+    """
     request, model, headers, raw = checked.request, checked.model, checked.headers, checked.raw
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, np.ndarray | DeviceArray] = {}
+    raw_index = 0
     for index, header in enumerate(headers):
-        arrays[header.name] = _decode_tensor(request, index, header, raw)
+        if header.reference is not None:
+            assert lease is not None, "a request with references is decoded under a lease"
+            arrays[header.name] = input_array(
+                lease, header.name, header.reference, header.datatype, header.shape
+            )
+            continue
+        arrays[header.name] = _decode_tensor(request, index, raw_index, header, raw)
+        raw_index += 1
     batch_size = _batch_size(model, headers)
-    return InferenceRequest(arrays, _output_names(request, model), batch_size, checked.deadline)
+    targets = {}
+    for name, reference in checked.output_references.items():
+        assert lease is not None, "a request with references is decoded under a lease"
+        targets[name] = output_target(lease, name, reference)
+    return InferenceRequest(
+        arrays, _output_names(request, model), batch_size, checked.deadline, targets
+    )
 
 
 def encode_response(
@@ -122,9 +179,26 @@ def encode_response_bytes(
         identifier = request.id.encode()
         parts += [_ID_TAG, _varint(len(identifier)), identifier]
     for _name, datatype, array in described:
-        view = tensors.raw_view(array, datatype)
+        view = _raw(array, datatype)
         parts += [_RAW_OUTPUT_TAG, _varint(view.nbytes), view]
     return b"".join(parts)
+
+
+def _raw(array: np.ndarray | PlacedOutput, datatype: datatypes.Datatype) -> memoryview:
+    """An output's raw_output_contents entry: empty for one placed in shared memory.
+
+    Triton sends an (empty) entry for every output, so entries stay aligned with outputs.
+    """
+    if isinstance(array, PlacedOutput):
+        return memoryview(b"")
+    return tensors.raw_view(array, datatype)
+
+
+def output_datatypes(
+    model: ServingModel, response: InferenceResponse
+) -> dict[str, datatypes.Datatype]:
+    """Each output's protocol datatype (numpy cannot tell BF16 apart)."""
+    return {name: _datatype(model, name, array) for name, array in response.outputs.items()}
 
 
 @functools.lru_cache(maxsize=1024)
@@ -138,7 +212,9 @@ def _response_header(
     return reply.SerializeToString()
 
 
-def _datatype(model: ServingModel, name: str, array: np.ndarray) -> datatypes.Datatype:
+def _datatype(
+    model: ServingModel, name: str, array: np.ndarray | PlacedOutput
+) -> datatypes.Datatype:
     spec = model.outputs.get(name)
     if spec is not None and spec.datatype == "BF16":
         return datatypes.from_name("BF16")
@@ -169,22 +245,87 @@ def _response_parts(
     for name, array in response.outputs.items():
         datatype = _datatype(model, name, array)
         reply.outputs.add(name=name, datatype=datatype.name, shape=array.shape)
-        views.append(tensors.raw_view(array, datatype))
+        views.append(_raw(array, datatype))
     return reply, views
 
 
 def _check_raw_layout(headers: Sequence[_Input], raw: Sequence[bytes]) -> None:
-    if raw and len(raw) != len(headers):
+    inline = sum(1 for h in headers if h.reference is None)
+    if raw and len(raw) != inline:
         raise InvalidArgument(
-            f"raw_input_contents: expected one entry per input ({len(headers)}), "
-            f"received {len(raw)}"
+            f"raw_input_contents: expected one entry per input not in shared memory "
+            f"({inline}), received {len(raw)}"
         )
     typed = [h.name for h in headers if h.typed]
+    if typed and any(h.name == typed[0] and h.reference is not None for h in headers):
+        raise InvalidArgument(
+            f"input '{typed[0]}': has contents although it is passed by reference "
+            f"('{REGION}'); send it one way"
+        )
     if typed:
         raise InvalidArgument(
             f"input '{typed[0]}': has typed contents although the request uses "
             "raw_input_contents; send every input one way"
         )
+
+
+def _header(tensor: pb.ModelInferRequest.InferInputTensor, raw: bool) -> _Input:
+    reference = (
+        _reference(f"input '{tensor.name}'", tensor.parameters) if tensor.parameters else None
+    )
+    # Contents beside raw data or a reference: the input would be sent two ways.
+    typed = (raw or reference is not None) and tensor.HasField("contents")
+    return _Input(tensor.name, tensor.datatype, list(tensor.shape), typed, reference)
+
+
+def _reference(field: str, parameters: Mapping[str, pb.InferParameter]) -> TensorReference | None:
+    """The shared-memory reference in a tensor's parameters, or None when it has none."""
+    if REGION not in parameters:
+        for name in (OFFSET, BYTE_SIZE):
+            if name in parameters:
+                raise InvalidArgument(
+                    f"{field}: parameter '{name}' needs '{REGION}'; expected both, "
+                    f"received only '{name}'"
+                )
+        return None
+    region_param = parameters[REGION]
+    if region_param.WhichOneof("parameter_choice") != "string_param":
+        raise InvalidArgument(
+            f"{field}: parameter '{REGION}': expected string_param, received "
+            f"{region_param.WhichOneof('parameter_choice')}"
+        )
+    if BYTE_SIZE not in parameters:
+        raise InvalidArgument(
+            f"{field}: parameter '{BYTE_SIZE}': expected with '{REGION}', received none"
+        )
+    byte_size = _non_negative(field, BYTE_SIZE, parameters[BYTE_SIZE])
+    offset = _non_negative(field, OFFSET, parameters[OFFSET]) if OFFSET in parameters else 0
+    return TensorReference(region_param.string_param, offset, byte_size)
+
+
+def _non_negative(field: str, name: str, param: pb.InferParameter) -> int:
+    kind = param.WhichOneof("parameter_choice")
+    if kind not in ("int64_param", "uint64_param"):
+        raise InvalidArgument(f"{field}: parameter '{name}': expected int64_param, received {kind}")
+    value = int(getattr(param, kind))
+    if value < 0:
+        raise InvalidArgument(
+            f"{field}: parameter '{name}': expected a non-negative integer, received {value}"
+        )
+    return value
+
+
+def _output_references(
+    request: pb.ModelInferRequest, model: ServingModel
+) -> dict[str, TensorReference]:
+    references: dict[str, TensorReference] = {}
+    for out in request.outputs:
+        if not out.parameters:
+            continue
+        reference = _reference(f"requested output '{out.name}'", out.parameters)
+        if reference is not None and out.name in model.outputs:
+            references[out.name] = reference
+    return references
 
 
 def _check_input_names(headers: Sequence[_Input], model: ServingModel) -> None:
@@ -238,12 +379,16 @@ def _expected_shape(shape: tuple[int, ...], batched: bool) -> tuple[int, ...]:
 
 
 def _decode_tensor(
-    request: pb.ModelInferRequest, index: int, header: _Input, raw: Sequence[bytes]
+    request: pb.ModelInferRequest,
+    index: int,
+    raw_index: int,
+    header: _Input,
+    raw: Sequence[bytes],
 ) -> np.ndarray:
     shape = header.shape
     try:
         if raw:
-            data = raw[index]
+            data = raw[raw_index]
             if header.datatype == "BYTES" and tensors.element_count(shape) > len(data) // 4:
                 raise tensors.TensorDataError(
                     f"input '{header.name}': BYTES shape {shape} needs at least "

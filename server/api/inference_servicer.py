@@ -22,6 +22,7 @@ from trtserve.server.api.registration import UndecodableRequest, require_message
 from trtserve.server.api.statistics import model_statistics
 from trtserve.server.api.status import client_message
 from trtserve.server.dataplane.dataplane import DataPlane, WhenDone
+from trtserve.server.dataplane.shared_memory import RegionKind
 from trtserve.server.errors import InvalidArgument
 from trtserve.server.models.serving_model import ServingModel
 from trtserve.server.repository.model_config import config_from_settings
@@ -115,6 +116,61 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryModelUnloadResponse:
         await self._plane.unload(_required(request.model_name, "model_name"))
         return pb.RepositoryModelUnloadResponse()
+
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: object
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        reply = pb.SystemSharedMemoryStatusResponse()
+        for region in self._plane.system_regions(request.name):
+            reply.regions[region.name].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=region.name,
+                    key=region.key,
+                    offset=region.offset,
+                    byte_size=region.byte_size,
+                )
+            )
+        return reply
+
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: object
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        await self._plane.register_system_region(
+            request.name, request.key, request.offset, request.byte_size
+        )
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: object
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        await self._plane.unregister_region(RegionKind.SYSTEM, request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    async def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest, context: object
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        reply = pb.CudaSharedMemoryStatusResponse()
+        for region in self._plane.cuda_regions(request.name):
+            reply.regions[region.name].CopyFrom(
+                pb.CudaSharedMemoryStatusResponse.RegionStatus(
+                    name=region.name, device_id=region.device_id, byte_size=region.byte_size
+                )
+            )
+        return reply
+
+    async def CudaSharedMemoryRegister(
+        self, request: pb.CudaSharedMemoryRegisterRequest, context: object
+    ) -> pb.CudaSharedMemoryRegisterResponse:
+        await self._plane.register_cuda_region(
+            request.name, request.raw_handle, request.device_id, request.byte_size
+        )
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: object
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        await self._plane.unregister_region(RegionKind.CUDA, request.name)
+        return pb.CudaSharedMemoryUnregisterResponse()
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -58,7 +58,7 @@ class ExecutionResult:
     whole array.
     """
 
-    outputs: dict[str, np.ndarray | PlacedOutput]
+    outputs: Mapping[str, np.ndarray | PlacedOutput]
     timings: ExecutionTimings
     placed: frozenset[str] = frozenset()
 

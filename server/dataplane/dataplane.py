@@ -2,8 +2,9 @@
 
 A transport parses its wire format, calls one method here and encodes the result; everything
 that is the same whatever the protocol lives here: readiness and draining, model lookup,
-limits on repository changes, statistics, and the inference path (tracking for drain,
-metrics, decoding big requests off the event loop, handing memory back after them).
+limits on repository changes, statistics, shared-memory regions, and the inference path
+(tracking for drain, metrics, leasing the regions a request references, decoding big
+requests off the event loop, handing memory back after them).
 """
 
 from __future__ import annotations
@@ -15,8 +16,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+import numpy as np
+
+from trtserve.protocol import datatypes
+from trtserve.server.dataplane.cuda_region import CudaRegionStatus
 from trtserve.server.dataplane.heap_release import HeapRelease
 from trtserve.server.dataplane.serving_state import ServingState
+from trtserve.server.dataplane.shared_memory import Lease, RegionKind, SharedMemoryRegistry
+from trtserve.server.dataplane.system_region import SystemRegionStatus
+from trtserve.server.dataplane.tensor_references import TensorReference, place_outputs
 from trtserve.server.errors import ServerError, Unavailable, outcome
 from trtserve.server.limits import RequestLimits, check_upload_size
 from trtserve.server.metrics import ServerMetrics, VersionStats
@@ -25,10 +33,20 @@ from trtserve.server.models.manager import IndexEntry, ModelManager
 from trtserve.server.models.serving_model import ServingModel
 from trtserve.server.repository.repository import ModelRepository, check_model_name
 from trtserve.server.repository.staging import StagedFile
+from trtserve.server.runtime.cuda_copies import device_to_host
+from trtserve.server.runtime.tensor_buffers import DeviceArray, PlacedOutput
 from trtserve.server.scheduler.request import InferenceRequest, InferenceResponse
 
 SERVER_NAME = "trtserve"
-EXTENSIONS = ("model_repository", "model_configuration", "statistics", "binary_tensor_data")
+EXTENSIONS = (
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "binary_tensor_data",
+    "system_shared_memory",
+)
+# Listed only where a GPU exists: without one, CUDA registrations are refused.
+CUDA_EXTENSION = "cuda_shared_memory"
 # Decoding or encoding more elements one by one than this (a few ms) runs off the event loop.
 OFF_LOOP_ELEMENTS = 1 << 14
 
@@ -42,8 +60,21 @@ class PreparedRequest(Protocol):
     def per_element(self) -> int:
         """How many elements decoding builds one object for (BYTES, typed contents)."""
 
-    def decode(self) -> InferenceRequest:
-        """The request's tensors as arrays (zero-copy where the wire allows)."""
+    @property
+    def regions(self) -> dict[str, str]:
+        """The shared-memory regions the request references, each with a tensor naming it."""
+
+    @property
+    def inline_bytes(self) -> int:
+        """Bytes of input data carried in the request itself."""
+
+    @property
+    def input_references(self) -> tuple[TensorReference, ...]:
+        """The inputs passed by reference."""
+
+    def decode(self, lease: Lease | None) -> InferenceRequest:
+        """The request's tensors (zero-copy where the wire allows), references resolved
+        through `lease`."""
 
 
 # A transport's hook to run a function once its call is over (gRPC frees messages only then).
@@ -69,12 +100,17 @@ class DataPlane:
         state: ServingState,
         version: str,
         limits: RequestLimits,
+        shared_memory: SharedMemoryRegistry,
+        gpus: int,
     ) -> None:
+        """`gpus`: how many CUDA devices this process sees (CUDA shared memory needs one)."""
         self.state = state
         self.limits = limits
+        self.shared_memory = shared_memory
         self._manager = manager
         self._metrics = metrics
-        self._info = ServerInfo(SERVER_NAME, version, EXTENSIONS)
+        extensions = EXTENSIONS + ((CUDA_EXTENSION,) if gpus > 0 else ())
+        self._info = ServerInfo(SERVER_NAME, version, extensions)
         self._heap_release = HeapRelease()
 
     # --- server ------------------------------------------------------------------------------
@@ -152,6 +188,40 @@ class DataPlane:
         """Stop serving a model; its files stay in the repository."""
         await self._manager.unload(name)
 
+    # --- shared memory -----------------------------------------------------------------------
+
+    async def register_system_region(
+        self, name: str, key: str, offset: int, byte_size: int
+    ) -> None:
+        """Register a byte range of the shared-memory object `key` as region `name`."""
+        await self.shared_memory.register_system(name, key, offset, byte_size)
+
+    async def register_cuda_region(
+        self, name: str, raw_handle: bytes, device_id: int, byte_size: int
+    ) -> None:
+        """Register GPU memory exported with CUDA IPC as region `name`."""
+        await self.shared_memory.register_cuda(name, raw_handle, device_id, byte_size)
+
+    async def unregister_region(self, kind: RegionKind, name: str) -> None:
+        """Unregister one region of `kind`, or every one when `name` is empty."""
+        await self.shared_memory.unregister(kind, name)
+
+    def system_regions(self, name: str) -> list[SystemRegionStatus]:
+        """The registered system regions (only `name` when given)."""
+        return [
+            s
+            for s in self.shared_memory.status(RegionKind.SYSTEM, name)
+            if isinstance(s, SystemRegionStatus)
+        ]
+
+    def cuda_regions(self, name: str) -> list[CudaRegionStatus]:
+        """The registered CUDA regions (only `name` when given)."""
+        return [
+            s
+            for s in self.shared_memory.status(RegionKind.CUDA, name)
+            if isinstance(s, CudaRegionStatus)
+        ]
+
     # --- inference ---------------------------------------------------------------------------
 
     async def infer(
@@ -189,34 +259,82 @@ class DataPlane:
         result = "cancelled"
         # Whether decoding or encoding built objects per element (see HeapRelease).
         many = False
+        lease: Lease | None = None
         try:
             prepared = prepare(model)
+            if prepared.regions:
+                lease = self.shared_memory.lease(prepared.regions)
             # Small raw requests decode inline (zero-copy, microseconds); a large BYTES or
             # typed request would hold the loop for seconds, so a worker thread decodes it.
             if prepared.per_element > OFF_LOOP_ELEMENTS:
                 many = True
-                inputs = await asyncio.to_thread(prepared.decode)
+                inputs = await asyncio.to_thread(prepared.decode, lease)
             else:
-                inputs = prepared.decode()
+                inputs = prepared.decode(lease)
+            if not model.loaded.device_tensors and _on_gpu(inputs):
+                await asyncio.to_thread(_inputs_to_host, inputs)
             batch_size = inputs.batch_size
+            self._count_inputs(prepared, lease)
+            if lease is not None:
+                # The scheduler may still run the request after its caller left: it holds
+                # the regions until the backend is done with them.
+                inputs.on_release = lease.share()
             response = await model.scheduler.submit(inputs)
             queue_ns = response.queue_ns
+            if inputs.output_targets:
+                await self._place(model, inputs, response)
             if many_objects(response):
                 many = True
                 reply = await asyncio.to_thread(encode, model, response)
             else:
                 reply = encode(model, response)
+            self._count_outputs(inputs, response)
             result = "success"
             return reply
         except Exception as e:
             result = outcome(e)
             raise
         finally:
+            if lease is not None:
+                lease.release()
             model.metrics.record_request(
                 result, time.perf_counter_ns() - started, queue_ns, batch_size
             )
             if many:
                 self._release_after(when_done)
+
+    async def _place(
+        self, model: ServingModel, request: InferenceRequest, response: InferenceResponse
+    ) -> None:
+        """Write outputs the backend returned into the shared memory the client named."""
+        types = {spec.name: datatypes.from_name(spec.datatype) for spec in model.outputs.values()}
+        targets = request.output_targets
+        if any(t.device is not None for t in targets.values()):
+            await asyncio.to_thread(place_outputs, response.outputs, targets, types)
+        else:
+            place_outputs(response.outputs, targets, types)
+
+    def _count_inputs(self, prepared: PreparedRequest, lease: Lease | None) -> None:
+        """Input bytes by path: in the message, or by reference to either kind of region."""
+        counted = {"inline": prepared.inline_bytes}
+        if lease is not None:
+            for reference in prepared.input_references:
+                path = _path(lease.kind(reference.region))
+                counted[path] = counted.get(path, 0) + reference.byte_size
+        self._metrics.count_tensor_bytes("input", counted)
+
+    def _count_outputs(self, request: InferenceRequest, response: InferenceResponse) -> None:
+        """Output bytes by path: in the reply, or written into either kind of region."""
+        counted: dict[str, int] = {}
+        for name, array in response.outputs.items():
+            target = request.output_targets.get(name)
+            if isinstance(array, PlacedOutput) and target is not None:
+                kind = RegionKind.CUDA if target.device is not None else RegionKind.SYSTEM
+                path, nbytes = _path(kind), array.nbytes
+            else:
+                path, nbytes = "inline", int(array.nbytes)
+            counted[path] = counted.get(path, 0) + nbytes
+        self._metrics.count_tensor_bytes("output", counted)
 
     def _release_after(self, when_done: WhenDone | None) -> None:
         """Release freed memory once the call is over (its messages are freed only then)."""
@@ -229,6 +347,22 @@ class DataPlane:
 def many_objects(response: InferenceResponse) -> bool:
     """Whether encoding the response builds more than OFF_LOOP_ELEMENTS objects (BYTES)."""
     return any(
-        array.dtype.kind == "O" and array.size > OFF_LOOP_ELEMENTS
+        isinstance(array, np.ndarray) and array.dtype.kind == "O" and array.size > OFF_LOOP_ELEMENTS
         for array in response.outputs.values()
     )
+
+
+def _on_gpu(request: InferenceRequest) -> bool:
+    return any(isinstance(a, DeviceArray) for a in request.inputs.values())
+
+
+def _inputs_to_host(request: InferenceRequest) -> None:
+    """Copy GPU inputs to the host, for backends that take host arrays only."""
+    for name, array in list(request.inputs.items()):
+        if isinstance(array, DeviceArray):
+            request.inputs[name] = device_to_host(array)
+
+
+def _path(kind: RegionKind) -> str:
+    """A region kind as the tensor-bytes metric labels it."""
+    return f"{kind.value}_shared_memory"

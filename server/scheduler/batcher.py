@@ -41,6 +41,7 @@ from trtserve.server.runtime.tensor_buffers import (
     PlacedOutput,
     RowTarget,
 )
+from trtserve.server.scheduler.placement import place, placeable
 from trtserve.server.scheduler.request import InferenceRequest, InferenceResponse
 from trtserve.server.specs import BatchingSettings
 
@@ -363,8 +364,21 @@ class ModelScheduler:
                 else:
                     outputs[name] = whole[offset : offset + size] if sliced else whole
             offset += size
+            try:
+                self._place(p.request, outputs)
+            except ServerError as error:
+                outcomes.append((p.future, error))
+                continue
             outcomes.append((p.future, InferenceResponse(outputs, started_ns - p.enqueued_ns)))
         return outcomes
+
+    @staticmethod
+    def _place(request: InferenceRequest, outputs: dict[str, np.ndarray | PlacedOutput]) -> None:
+        """Write the request's outputs the backend returned into the targets it named."""
+        for name, target in request.output_targets.items():
+            array = outputs.get(name)
+            if array is not None and placeable(array):
+                outputs[name] = place(name, array, target)
 
     def _hand_back(self, outcomes: list[_Settlement]) -> None:
         """Settle the futures on the event loop: one call for the whole batch."""

@@ -107,3 +107,127 @@ def is_model_ready(address: str, name: str) -> bool:
         return bool(client.is_model_ready(name, client_timeout=TIMEOUT_S))
     finally:
         client.close()
+
+
+def _region(kind: str, name: str, byte_size: int) -> Any:
+    """A new region of `kind` ("system" or "cuda", device 0), from tritonclient's utilities."""
+    if kind == "system":
+        import tritonclient.utils.shared_memory as shm
+
+        return shm.create_shared_memory_region(name, f"/{name}", byte_size)
+    import tritonclient.utils.cuda_shared_memory as cudashm
+
+    return cudashm.create_shared_memory_region(name, byte_size, 0)
+
+
+def _register(
+    client: grpcclient.InferenceServerClient, kind: str, name: str, handle: Any, size: int
+) -> None:
+    if kind == "system":
+        client.register_system_shared_memory(name, f"/{name}", size, client_timeout=TIMEOUT_S)
+    else:
+        import tritonclient.utils.cuda_shared_memory as cudashm
+
+        raw = cudashm.get_raw_handle(handle)
+        client.register_cuda_shared_memory(name, raw, 0, size, client_timeout=TIMEOUT_S)
+
+
+def _utilities(kind: str) -> Any:
+    if kind == "system":
+        import tritonclient.utils.shared_memory as shm
+
+        return shm
+    import tritonclient.utils.cuda_shared_memory as cudashm
+
+    return cudashm
+
+
+@remote
+def infer_by_reference(
+    address: str,
+    name: str,
+    kind: str,
+    x: np.ndarray,
+    out_shape: tuple[int, ...],
+    offset: int,
+    requests: int,
+    tag: str,
+) -> list[np.ndarray]:
+    """`requests` infers with input and output in one region of `kind`, both at `offset`
+    (input first, output after it); each output as read back from the region."""
+    utilities = _utilities(kind)
+    out_bytes = int(np.prod(out_shape)) * 4
+    size = offset + x.nbytes + offset + out_bytes
+    region = f"trtserve-{kind}-{tag}"
+    handle = _region(kind, region, size)
+    client = _client(address)
+    try:
+        _register(client, kind, region, handle, size)
+        outputs = []
+        for i in range(requests):
+            data = x + np.float32(i)
+            utilities.set_shared_memory_region(handle, [data], offset=offset)
+            tensor = grpcclient.InferInput("x", list(x.shape), "FP32")
+            tensor.set_shared_memory(region, x.nbytes, offset=offset)
+            wanted = grpcclient.InferRequestedOutput("output0")
+            out_offset = offset + x.nbytes + offset
+            wanted.set_shared_memory(region, out_bytes, offset=out_offset)
+            result = client.infer(name, [tensor], outputs=[wanted], client_timeout=TIMEOUT_S)
+            described = result.get_output("output0")
+            assert list(described.shape) == list(out_shape), described
+            assert result.get_response().raw_output_contents[0] == b""
+            outputs.append(
+                np.array(
+                    utilities.get_contents_as_numpy(
+                        handle, np.float32, list(out_shape), offset=out_offset
+                    )
+                )
+            )
+        return outputs
+    finally:
+        client.unregister_system_shared_memory(region) if kind == "system" else (
+            client.unregister_cuda_shared_memory(region)
+        )
+        client.close()
+        utilities.destroy_shared_memory_region(handle)
+
+
+@remote
+def cuda_registration_errors(address: str) -> dict[str, tuple[str, str]]:
+    """Status and message of each bad CUDA registration."""
+    import tritonclient.utils.cuda_shared_memory as cudashm
+
+    handle = cudashm.create_shared_memory_region("trtserve-bad", 1024, 0)
+    raw = cudashm.get_raw_handle(handle)
+    client = _client(address)
+    cases: dict[str, Callable[[], object]] = {
+        "device": lambda: client.register_cuda_shared_memory("bad-device", raw, 99, 1024),
+        "larger": lambda: client.register_cuda_shared_memory("bad-size", raw, 0, 1 << 40),
+        "garbage": lambda: client.register_cuda_shared_memory(
+            "bad-handle", __import__("base64").b64encode(b"\x07" * 64), 0, 1024
+        ),
+    }
+    found: dict[str, tuple[str, str]] = {}
+    try:
+        for case, call in cases.items():
+            try:
+                call()
+            except InferenceServerException as error:
+                found[case] = (str(error.status()), str(error.message()))
+            else:
+                found[case] = ("OK", "")
+        status = client.get_cuda_shared_memory_status(as_json=True)
+        found["left registered"] = ("", str(status))
+        return found
+    finally:
+        client.close()
+        cudashm.destroy_shared_memory_region(handle)
+
+
+@remote
+def server_extensions(address: str) -> list[str]:
+    client = _client(address)
+    try:
+        return list(client.get_server_metadata(client_timeout=TIMEOUT_S).extensions)
+    finally:
+        client.close()

@@ -28,7 +28,15 @@ class ScriptedServicer(InferenceServicer):
 
     def __init__(self, cap: int, behaviour: Callable[[pb.ModelInferRequest], Any]) -> None:
         limits = request_limits(ServerSettings(max_stream_in_flight=cap))
-        plane = DataPlane(None, None, ServingState(), "test", limits)  # type: ignore[arg-type]
+        plane = DataPlane(
+            None,  # type: ignore[arg-type]
+            None,  # type: ignore[arg-type]
+            ServingState(),
+            "test",
+            limits,
+            None,  # type: ignore[arg-type]
+            0,
+        )
         super().__init__(plane)
         self.behaviour = behaviour
 
