@@ -81,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `trtserve bench`; 1 on a server error, 2 on bad arguments."""
+    """Run `trtserve bench`; 1 on a server error, 2 on bad arguments, 130 on Ctrl-C."""
     requests = args.requests
     if requests is None and args.duration is None:
         requests = DEFAULT_REQUESTS
@@ -118,5 +118,9 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError, CudaSharedMemoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # The regions of --shared-memory are released by then.
+        print("interrupted", file=sys.stderr)
+        return 130
     print(result.to_json() if args.json else result.summary())
     return 0
