@@ -28,7 +28,8 @@ With --shared-memory system or cuda, tensors go by reference instead of inside t
 each concurrent task gets a region of its own (a /dev/shm object, or GPU memory on device 0
 for cuda) holding its inputs and outputs, registered with the server before the run and
 unregistered and removed after it, also on errors and Ctrl-C. The server must run on this
-host. Outputs of datatype BYTES still come back in the response.
+host, and its --max-shared-memory-regions (64) caps --concurrency. Outputs of datatype BYTES
+still come back in the response.
 
 example:
   trtserve bench simple --concurrency 32 --duration 10

@@ -102,7 +102,9 @@ def _worker_message(
     inputs: Sequence[InferInput],
     response: pb.ModelInferResponse,
 ) -> pb.ModelInferRequest:
-    refs = [region.write_input(i.name, i.data, layout.inputs[i.name], i.datatype) for i in inputs]
+    references: list[InferInput | SharedMemoryInput] = [
+        region.write_input(i.name, i.data, layout.inputs[i.name], i.datatype) for i in inputs
+    ]
     outputs: list[str | SharedMemoryOutput] = []
     for out in response.outputs:
         if out.name in layout.outputs:
@@ -110,7 +112,6 @@ def _worker_message(
             outputs.append(region.output_reference(out.name, nbytes, offset))
         else:
             outputs.append(out.name)
-    references: list[InferInput | SharedMemoryInput] = list(refs)
     return rq.build_infer_request(
         message.model_name, references, outputs, version=message.model_version
     )

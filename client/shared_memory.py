@@ -92,26 +92,26 @@ class Region(ABC):
         nbytes = count * dt.dtype.itemsize
         self._check_span(offset, nbytes)
         raw = self._get(offset, nbytes)
-        return raw.view(dt.dtype.newbyteorder("<")).astype(dt.dtype).reshape(tuple(shape))
+        little = raw.view(dt.dtype.newbyteorder("<"))
+        return little.astype(dt.dtype, copy=False).reshape(tuple(shape))
 
     def _read_bytes(self, count: int, offset: int) -> np.ndarray:
-        """`count` length-prefixed elements from `offset` on (read to the region's end)."""
+        """`count` length-prefixed elements from `offset` on: their lengths, then them."""
         self._check_span(offset, 0)
-        data = self._get(offset, self.byte_size - offset).tobytes()
-        end = 0
+        end = offset
         for i in range(count):
-            if end + 4 > len(data):
+            if end + 4 > self.byte_size:
                 raise ValueError(
                     f"shared-memory region '{self.name}': BYTES element {i} of {count} at "
-                    f"offset {offset + end} runs past the region's end"
+                    f"offset {end} runs past the region's end"
                 )
-            end += 4 + _LENGTH.unpack_from(data, end)[0]
-        if end > len(data):
+            end += 4 + _LENGTH.unpack_from(self._get(end, 4).tobytes())[0]
+        if end > self.byte_size:
             raise ValueError(
                 f"shared-memory region '{self.name}': the {count} BYTES elements at offset "
                 f"{offset} run past the region's end"
             )
-        return split_elements("array", data[:end], count)
+        return split_elements("array", self._get(offset, end - offset).tobytes(), count)
 
     def write_input(
         self, name: str, array: np.ndarray, offset: int = 0, datatype: str | None = None

@@ -48,7 +48,7 @@ class SharedMemoryOutput:
     """A requested output that the server writes into `byte_size` bytes at `offset` of `region`.
 
     The result then lists it in `InferResult.shared_memory_outputs` (datatype and shape); read
-    the data from the region.
+    the data from the region. For `infer`; `stream_infer` takes output names only.
     """
 
     name: str
