@@ -4,6 +4,7 @@
 #   bash scripts/gpu_run.sh unpack   # unpack the staged lean wheel(s) into /tmp/lean/<VERSION>/
 #   bash scripts/gpu_run.sh full     # unpack, install, GPU tests, benchmarks; results in $OUT
 #   bash scripts/gpu_run.sh shm      # unpack, install, the shared-memory benchmark alone
+#   bash scripts/gpu_run.sh tests    # unpack, install, the GPU tests alone (pytest.log)
 #   bash scripts/gpu_run.sh multi    # the same on a two-GPU host, with the multi-GPU benchmark
 #   bash scripts/gpu_run.sh prepare  # unpack and install only; then PYTHONPATH=/tmp/site python3 ...
 #
@@ -16,7 +17,7 @@
 # table appended to gpu_bench.md and its log to bench.log. That is 8 files with the tests'
 # corrupt_plans.json: the most a device call brings back.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit
 mode=${1:-full}
 OUT=${OUT:-/tmp/trtserve-gpu-out}
 mkdir -p "$OUT"
@@ -50,6 +51,12 @@ for package, folder in (("protocol", "proto"), ("server", "server"), ("client", 
             changed += 1
 print(f"trtserve sources newer than the wheel, copied over it: {changed} files")
 PY
+  # Triton's perf_analyzer (binary, libcudart.so.12, libb64), packed from
+  # scripts/install_perf_analyzer.sh's install, for the shared-memory GPU tests.
+  if [[ -f .gpu/perf_analyzer/perf_analyzer.tar.gz ]]; then
+    rm -rf /tmp/pa && mkdir -p /tmp/pa && tar -C /tmp/pa -xzf .gpu/perf_analyzer/perf_analyzer.tar.gz
+    export TRTSERVE_PERF_ANALYZER=/tmp/pa/perf_analyzer/perf_analyzer
+  fi
   # NVIDIA ships the `tensorrt_dispatch` import package as a source distribution only; the
   # build script makes a wheel of it. Should that be missing, the same two lines stand in.
   if ! python3 -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('tensorrt_dispatch') is None)"; then
@@ -118,6 +125,21 @@ unpack)
 prepare)
   unpack && install
   ;;
+tests)
+  started=$SECONDS
+  unpack
+  install || exit 1
+  environment
+  export TRTSERVE_RUNTIMES_DIR=$LEAN TRTSERVE_TEST_PLANS=$PWD/.gpu/plans
+  export TRTSERVE_SERVER_LOG=$OUT/servers.log PYTHONDONTWRITEBYTECODE=1
+  : >"$TRTSERVE_SERVER_LOG"
+  timeout 420 python3 -m pytest -m gpu -v tests/gpu -p no:cacheprovider -rA 2>&1 | tee "$OUT/pytest.log"
+  tests_rc=${PIPESTATUS[0]}
+  echo "==================== summary ($((SECONDS - started)) s) ===================="
+  echo "pytest (exit $tests_rc): $(grep -E '^=+ .*(passed|failed|skipped|error).* =+$' "$OUT/pytest.log" | tail -1)"
+  grep -E '^(PASSED|FAILED|ERROR|SKIPPED) |^perf_analyzer ' "$OUT/pytest.log" | sed 's/^/  /'
+  exit "$tests_rc"
+  ;;
 shm)
   unpack
   install || exit 1
@@ -179,7 +201,7 @@ full | multi)
   ((tests_rc == 0 && bench_rc == 0 && shm_rc == 0))
   ;;
 *)
-  echo "usage: bash scripts/gpu_run.sh unpack|prepare|full|multi|shm" >&2
+  echo "usage: bash scripts/gpu_run.sh unpack|prepare|full|multi|shm|tests" >&2
   exit 2
   ;;
 esac

@@ -16,11 +16,21 @@ from trtserve.server.backends.base import (
     ModelInstance,
     Placement,
 )
+from trtserve.server.backends.tensorrt_bindings import (
+    Copy,
+    CopyKind,
+    InputPlan,
+    OutputPlan,
+    OwnBuffers,
+    plan_input,
+    plan_output,
+)
 from trtserve.server.backends.tensorrt_memory import (
     InstanceMemory,
     StagingBuffers,
     attempt,
     host_view,
+    stage,
 )
 from trtserve.server.backends.tensorrt_tensors import EngineTensor, profile_bounds
 from trtserve.server.errors import (
@@ -30,6 +40,14 @@ from trtserve.server.errors import (
     Unavailable,
 )
 from trtserve.server.runtime.cuda_device import CudaError, cuda_call, require_cudart, use_device
+from trtserve.server.runtime.host_pinning import PINNED
+from trtserve.server.runtime.tensor_buffers import (
+    NO_TARGETS,
+    GatheredArray,
+    InputArray,
+    PlacedOutput,
+    RowTarget,
+)
 from trtserve.server.runtime.trt_logger import RECORDER
 
 
@@ -47,6 +65,14 @@ class TensorRTInstance(ModelInstance):
         self._device = placement.device_id
         self._closed = False
         self._buffers = StagingBuffers()
+        self._own: dict[str, OwnBuffers] = {}
+        kind = self._rt.cudaMemcpyKind
+        self._kinds = {
+            CopyKind.HOST_TO_DEVICE: kind.cudaMemcpyHostToDevice,
+            CopyKind.DEVICE_TO_HOST: kind.cudaMemcpyDeviceToHost,
+            # The source may be on another device: unified addressing finds both ends.
+            CopyKind.DEVICE_TO_DEVICE: kind.cudaMemcpyDefault,
+        }
         self._events: list[Any] = []
         self._stream: Any = None
         self._context: Any = None
@@ -81,6 +107,10 @@ class TensorRTInstance(ModelInstance):
                 f"device {self._device} (out of GPU memory?)"
             )
         self._buffers.allocate(rt, self._max_bytes())
+        self._own = {
+            name: OwnBuffers(address, self._buffers.host[name])
+            for name, address in self._buffers.device.items()
+        }
         self._switch_profile(self._home_profile)
 
     def _max_bytes(self) -> dict[str, int]:
@@ -102,30 +132,52 @@ class TensorRTInstance(ModelInstance):
         return sizes
 
     def execute(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+        self,
+        inputs: Mapping[str, InputArray],
+        output_names: Sequence[str],
+        targets: Mapping[str, Sequence[RowTarget]] = NO_TARGETS,
     ) -> ExecutionResult:
         if self._closed:
             raise Unavailable(f"model '{self._model}': the instance is closed")
         with use_device(self._device):
             started = time.perf_counter_ns()
             arrays = self._checked_inputs(inputs)
-            self._choose_profile({n: a.shape for n, a in arrays.items()})
-            self._stage_inputs(arrays)
+            self._choose_profile({n: tuple(a.shape) for n, a in arrays.items()})
+            for name, array in arrays.items():
+                self._set_input_shape(name, array.shape)
+            # Output shapes follow from the input shapes: every target is checked for room
+            # before any copy touches client memory.
+            outputs = self._plan_outputs(output_names, targets)
+            pinned = None if PINNED.empty() else PINNED.contains
+            plans = {
+                name: plan_input(name, array, self._device, self._own[name], pinned)
+                for name, array in arrays.items()
+            }
+            for plan in plans.values():
+                for step in plan.stages:
+                    stage(step.array, step.dst)
             staged = time.perf_counter_ns()
-            out_shapes = self._enqueue(arrays, output_names)
-            self._sync()
+            try:
+                self._enqueue(plans, outputs)
+                self._sync()
+            except BaseException:
+                # Copies in flight may read or write client memory: none may outlive the call.
+                with contextlib.suppress(CudaError):
+                    self._sync()
+                raise
             synced = time.perf_counter_ns()
-            outputs = self._collect(out_shapes)
+            collected = self._collect(outputs)
             done = time.perf_counter_ns()
             h2d, infer, d2h = self._event_times()
         # GPU work is timed by CUDA events; host staging by the clock.
         return ExecutionResult(
-            outputs,
+            collected,
             ExecutionTimings(
                 compute_input_ns=(staged - started) + h2d,
                 compute_infer_ns=infer,
                 compute_output_ns=d2h + (done - synced),
             ),
+            placed=frozenset(name for name, plan in outputs.items() if plan.placed),
         )
 
     def memory(self) -> InstanceMemory:
@@ -144,23 +196,25 @@ class TensorRTInstance(ModelInstance):
         with use_device(self._device):
             self._release()
 
-    def _checked_inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _checked_inputs(self, inputs: Mapping[str, InputArray]) -> dict[str, InputArray]:
         arrays = {}
         for tensor in self._inputs:
             array = inputs.get(tensor.name)
             if array is None:
                 raise InvalidArgument(f"model '{self._model}': input '{tensor.name}' is missing")
-            if array.dtype != tensor.dtype:
-                raise InvalidArgument(
-                    f"model '{self._model}': input '{tensor.name}': expected datatype "
-                    f"{tensor.datatype}, received numpy {array.dtype}"
-                )
+            parts = array.parts if isinstance(array, GatheredArray) else (array,)
+            for part in parts:
+                if part.dtype != tensor.dtype:
+                    raise InvalidArgument(
+                        f"model '{self._model}': input '{tensor.name}': expected datatype "
+                        f"{tensor.datatype}, received numpy {part.dtype}"
+                    )
             if array.nbytes > self._buffers.capacity[tensor.name]:
                 raise InvalidArgument(
                     f"model '{self._model}': input '{tensor.name}': shape {list(array.shape)} "
                     f"is larger than the engine's largest profile shape"
                 )
-            arrays[tensor.name] = np.ascontiguousarray(array)
+            arrays[tensor.name] = array
         return arrays
 
     def _choose_profile(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
@@ -194,65 +248,59 @@ class TensorRTInstance(ModelInstance):
         self._profile = profile
         self._profile_set = True
 
-    def _stage_inputs(self, arrays: Mapping[str, np.ndarray]) -> None:
-        for name, array in arrays.items():
-            view = host_view(self._buffers.host[name], array.nbytes)
-            view[:] = array.reshape(-1).view(np.uint8)
-
-    def _enqueue(
-        self, arrays: Mapping[str, np.ndarray], output_names: Sequence[str]
-    ) -> dict[str, tuple[int, ...]]:
-        """H2D copies, the engine, D2H copies of the requested outputs, all on the stream."""
-        rt = self._rt
-        stream = self._stream
-        mark = RECORDER.mark()
-        self._record(0)
-        for name, array in arrays.items():
-            self._copy(
-                self._buffers.device[name],
-                self._buffers.host[name],
-                array.nbytes,
-                rt.cudaMemcpyKind.cudaMemcpyHostToDevice,
-                f"input '{name}'",
-            )
-            self._set_input_shape(name, array.shape)
-        for name, address in self._buffers.device.items():
-            if not self._context.set_tensor_address(name, address):
-                raise FailedPrecondition(
-                    f"model '{self._model}': TensorRT refused the address of tensor '{name}'"
-                )
-        self._record(1)
-        if not self._context.execute_async_v3(int(stream)):
-            raise FailedPrecondition(
-                f"model '{self._model}': TensorRT execute_async_v3 failed: "
-                + ("; ".join(RECORDER.errors_since(mark)) or "no message")
-            )
-        self._record(2)
-        shapes = {}
+    def _plan_outputs(
+        self, output_names: Sequence[str], targets: Mapping[str, Sequence[RowTarget]]
+    ) -> dict[str, OutputPlan]:
+        plans = {}
         for name in output_names:
             tensor = self._tensors.get(name)
             if tensor is None or tensor.is_input:
                 raise InvalidArgument(f"model '{self._model}': no output named '{name}'")
             shape = tuple(int(d) for d in self._context.get_tensor_shape(name))
-            nbytes = math.prod(shape) * tensor.dtype.itemsize
-            self._copy(
-                self._buffers.host[name],
-                self._buffers.device[name],
-                nbytes,
-                rt.cudaMemcpyKind.cudaMemcpyDeviceToHost,
-                f"output '{name}'",
+            plans[name] = plan_output(
+                name, tensor.dtype, shape, targets.get(name, ()), self._device, self._own[name]
             )
-            shapes[name] = shape
-        self._record(3)
-        return shapes
+        return plans
 
-    def _collect(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-        outputs = {}
-        for name, shape in shapes.items():
-            dtype = self._tensors[name].dtype
-            nbytes = math.prod(shape) * dtype.itemsize
+    def _enqueue(self, inputs: Mapping[str, InputPlan], outputs: Mapping[str, OutputPlan]) -> None:
+        """Input copies, the engine, output copies, all on the stream, between four events."""
+        mark = RECORDER.mark()
+        self._record(0)
+        for filled in inputs.values():
+            self._issue(filled.copies)
+        # Every tensor is bound on every call: TensorRT keeps the last address it was given,
+        # which may be a client's memory from the call before.
+        for name, own in self._buffers.device.items():
+            if name in inputs:
+                address = inputs[name].address
+            elif name in outputs:
+                address = outputs[name].address
+            else:
+                address = own
+            if not self._context.set_tensor_address(name, address):
+                raise FailedPrecondition(
+                    f"model '{self._model}': TensorRT refused the address of tensor '{name}'"
+                )
+        self._record(1)
+        if not self._context.execute_async_v3(int(self._stream)):
+            raise FailedPrecondition(
+                f"model '{self._model}': TensorRT execute_async_v3 failed: "
+                + ("; ".join(RECORDER.errors_since(mark)) or "no message")
+            )
+        self._record(2)
+        for written in outputs.values():
+            self._issue(written.copies)
+        self._record(3)
+
+    def _collect(self, plans: Mapping[str, OutputPlan]) -> dict[str, np.ndarray | PlacedOutput]:
+        outputs: dict[str, np.ndarray | PlacedOutput] = {}
+        for name, plan in plans.items():
+            if not plan.returned:
+                outputs[name] = PlacedOutput(plan.dtype, plan.shape)
+                continue
+            nbytes = math.prod(plan.shape) * plan.dtype.itemsize
             view = host_view(self._buffers.host[name], nbytes)
-            outputs[name] = view.view(dtype).reshape(shape).copy()
+            outputs[name] = view.view(plan.dtype).reshape(plan.shape).copy()
         return outputs
 
     def _set_input_shape(self, name: str, shape: Sequence[int]) -> None:
@@ -263,18 +311,19 @@ class TensorRTInstance(ModelInstance):
                 f"optimization profile {self._profile} ({list(low)}..{list(high)})"
             )
 
-    def _copy(self, dst: int, src: int, nbytes: int, kind: Any, what: str) -> None:
-        if nbytes == 0:
-            return
-        cuda_call(
-            f"cudaMemcpyAsync of {what}",
-            self._rt.cudaMemcpyAsync,
-            dst,
-            src,
-            nbytes,
-            kind,
-            self._stream,
-        )
+    def _issue(self, copies: Sequence[Copy]) -> None:
+        for copy in copies:
+            if copy.nbytes == 0:
+                continue
+            cuda_call(
+                f"cudaMemcpyAsync {copy.kind.value} of {copy.what}",
+                self._rt.cudaMemcpyAsync,
+                copy.dst,
+                copy.src,
+                copy.nbytes,
+                self._kinds[copy.kind],
+                self._stream,
+            )
 
     def _record(self, index: int) -> None:
         cuda_call("cudaEventRecord", self._rt.cudaEventRecord, self._events[index], self._stream)

@@ -68,3 +68,9 @@ def host_view(address: int, nbytes: int) -> np.ndarray:
         return np.empty(0, dtype=np.uint8)
     buffer = (ctypes.c_uint8 * nbytes).from_address(address)
     return np.ctypeslib.as_array(buffer)
+
+
+def stage(array: np.ndarray, address: int) -> None:
+    """Copy `array`'s elements (in C order, from any layout) to pinned host memory at `address`."""
+    view = host_view(address, array.nbytes)
+    np.copyto(view.view(array.dtype).reshape(array.shape), array)

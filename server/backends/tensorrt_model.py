@@ -68,6 +68,11 @@ class TensorRTModel(LoadedModel):
     def io(self) -> ModelIO:
         return self._io
 
+    @property
+    def device_tensors(self) -> bool:
+        # Instances bind or copy GPU inputs themselves (see tensorrt_bindings).
+        return True
+
     def smallest_inputs(self, device_id: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """Each input's smallest accepted shape (profile 0) and dtype: a cheap trial batch."""
         engine = self._engine(device_id)

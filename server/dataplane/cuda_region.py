@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trtserve.server.dataplane.system_region import check_bounds
-from trtserve.server.errors import InvalidArgument
+from trtserve.server.errors import FailedPrecondition, InvalidArgument
 from trtserve.server.runtime.cuda_ipc import IpcMemory, close_ipc_memory, open_ipc_memory
 from trtserve.server.runtime.tensor_buffers import DeviceArray, DeviceMemory
 
@@ -46,7 +46,11 @@ class CudaRegion:
         self.name = name
         self.device_id = device_id
         self.byte_size = byte_size
-        self._memory: IpcMemory | None = open_ipc_memory(raw_handle, device_id)
+        try:
+            self._memory: IpcMemory | None = open_ipc_memory(raw_handle, device_id)
+        except (InvalidArgument, FailedPrecondition) as error:
+            # The same status, with the region named.
+            raise type(error)(f"CUDA shared-memory region '{name}': {error}") from None
         if byte_size > self._memory.nbytes:
             available = self._memory.nbytes
             self.close()

@@ -260,7 +260,15 @@ class SharedMemoryRegistry:
                 entries[name] = entry
             for entry in entries.values():
                 entry.leases += 1
-        return Lease(self, entries)
+        lease = Lease(self, entries)
+        try:
+            for entry in entries.values():
+                if isinstance(entry.region, SystemRegion):
+                    entry.region.check_size()
+        except BaseException:
+            lease.release()
+            raise
+        return lease
 
     def _release(self, entries: Iterable[_Entry]) -> None:
         """End one lease of each entry; close those unregistered meanwhile (any thread)."""

@@ -81,15 +81,20 @@ class SystemRegion:
         """A writable uint8 view of [offset, offset + nbytes) of the region (offsets relative
         to the registered range); InvalidArgument naming `field` when it is out of bounds."""
         check_bounds(self.name, self.byte_size, offset, nbytes, field)
-        # A client that shrinks the object after registering would make reads of the lost
-        # pages kill the process (SIGBUS); its size is checked again before every use.
+        return self._bytes[offset : offset + nbytes]
+
+    def check_size(self) -> None:
+        """InvalidArgument when the object shrank below the registered range since.
+
+        A client that shrinks the object after registering would make reads of the lost pages
+        kill the process (SIGBUS), so every request checks before it uses the region.
+        """
         size = os.fstat(self._fd).st_size
         if size < self.offset + self.byte_size:
             raise InvalidArgument(
                 f"shared-memory region '{self.name}': object '{self.key}' shrank to {size} "
                 f"bytes after registration; expected at least {self.offset + self.byte_size}"
             )
-        return self._bytes[offset : offset + nbytes]
 
     def close(self) -> None:
         """Unpin and drop the mapping; views still alive keep their pages until collected."""

@@ -9,9 +9,11 @@ Skipped without a GPU, the plans or lean runtime 11.0.0.114 (see test_server_gpu
 
 from __future__ import annotations
 
+import csv
 import multiprocessing
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -142,3 +144,36 @@ def test_bytes_moved_by_reference_are_counted(
     after = (cuda_bytes("input"), cuda_bytes("output"))
     assert after[0] - before[0] == 2 * x.nbytes
     assert after[1] - before[1] == 2 * int(np.prod(OUTPUT_SHAPE)) * 4
+
+
+@pytest.mark.parametrize("kind", ["system", "cuda"])
+def test_perf_analyzer_runs_unchanged_with_shared_memory(
+    shm_server: ServerProcess, shm_model: str, kind: str, tmp_path: Path
+) -> None:
+    binary = os.environ.get("TRTSERVE_PERF_ANALYZER")
+    if not binary:
+        pytest.skip("TRTSERVE_PERF_ANALYZER is not set (scripts/gpu_run.sh sets it)")
+    report = tmp_path / "report.csv"
+    done = subprocess.run(
+        [
+            binary,
+            *("-m", shm_model, "-i", "grpc", "-u", shm_server.address),
+            *("--shared-memory", kind),
+            # Room for the 3.2 MB output (perf_analyzer's default is 100 KB per output).
+            *("--output-shared-memory-size", str(int(np.prod(OUTPUT_SHAPE)) * 4)),
+            *("--concurrency-range", "1:8:7", "-p", "1000", "-s", "100", "-r", "3"),
+            *("-f", str(report)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = list(csv.DictReader(report.open()))
+    assert [row["Concurrency"] for row in rows] == ["1", "8"], rows
+    for row in rows:
+        print(
+            f"perf_analyzer --shared-memory {kind} c={row['Concurrency']}: "
+            f"{float(row['Inferences/Second']):.0f} infer/s, p99 {row['p99 latency']} us"
+        )
+        assert float(row["Inferences/Second"]) > 0
