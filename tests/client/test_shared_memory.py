@@ -35,7 +35,7 @@ def key() -> Iterator[str]:
     assert not leaked, f"{path} was left behind"
 
 
-ARRAYS = {
+ARRAYS: dict[str, np.ndarray] = {
     "FP32": np.arange(12, dtype=np.float32).reshape(3, 4) / 3,
     "FP16": np.array([[1.5, -2.0, 65504.0]], dtype=np.float16),
     "FP64": np.array([np.pi, -np.e], dtype=np.float64),

@@ -52,7 +52,9 @@ def tensor_bytes(samples: MetricSamples) -> dict[tuple[str, str], float]:
     }
 
 
-def delta(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]) -> dict:
+def delta(
+    before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]
+) -> dict[tuple[str, str], float]:
     return {k: after[k] - before[k] for k in before}
 
 
