@@ -8,6 +8,8 @@ import sys
 from trtserve.cli.connection import add_connection_arguments, connect, tls_of
 from trtserve.cli.infer import parse_input_files
 from trtserve.client import InferenceServerError, run_load
+from trtserve.client.bench_regions import SHARED_MEMORY_KINDS
+from trtserve.client.cuda_shared_memory import CudaSharedMemoryError
 from trtserve.client.request import random_inputs
 from trtserve.protocol.allocator import reuse_freed_memory
 
@@ -22,9 +24,17 @@ successful requests, latency percentiles p50/p90/p99 and failures by gRPC status
 Inputs are random, shaped from the model's metadata with batch size --batch, unless given
 with --input NAME=FILE.npy.
 
+With --shared-memory system or cuda, tensors go by reference instead of inside the messages:
+each concurrent task gets a region of its own (a /dev/shm object, or GPU memory on device 0
+for cuda) holding its inputs and outputs, registered with the server before the run and
+unregistered and removed after it, also on errors and Ctrl-C. The server must run on this
+host, and its --max-shared-memory-regions (64) caps --concurrency. Outputs of datatype BYTES
+still come back in the response.
+
 example:
   trtserve bench simple --concurrency 32 --duration 10
   trtserve bench simple --requests 5000 --json --no-progress > result.json
+  trtserve bench simple --concurrency 16 --shared-memory system
 """
 
 
@@ -57,6 +67,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="NAME=FILE.npy",
         help="take input NAME from a .npy file instead of random data (repeatable)",
     )
+    p.add_argument(
+        "--shared-memory",
+        choices=SHARED_MEMORY_KINDS,
+        default="none",
+        help="pass tensors in messages (none, the default) or by reference to a system or "
+        "CUDA shared-memory region per task",
+    )
     p.add_argument("--version", default="", metavar="V", help="model version (server's choice)")
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="per-request deadline")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -65,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `trtserve bench`; 1 on a server error, 2 on bad arguments."""
+    """Run `trtserve bench`; 1 on a server error, 2 on bad arguments, 130 on Ctrl-C."""
     requests = args.requests
     if requests is None and args.duration is None:
         requests = DEFAULT_REQUESTS
@@ -94,12 +111,17 @@ def run(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             processes=args.processes,
             tls=tls_of(args),
+            shared_memory=args.shared_memory,
         )
     except InferenceServerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, CudaSharedMemoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # The regions of --shared-memory are released by then.
+        print("interrupted", file=sys.stderr)
+        return 130
     print(result.to_json() if args.json else result.summary())
     return 0

@@ -8,15 +8,20 @@
         print(result.as_numpy("OUTPUT0"))
 
 Failed calls raise InferenceServerError, which carries the gRPC status code and message.
+Tensors can also go by reference to a shared-memory region: see SystemSharedMemoryRegion
+(trtserve.client.shared_memory) and CudaSharedMemoryRegion (trtserve.client.cuda_shared_memory).
 """
 
 from trtserve.client.aio import AsyncInferenceClient
 from trtserve.client.bench import BenchResult, run_load, run_load_async
+from trtserve.client.cuda_shared_memory import CudaSharedMemoryError, CudaSharedMemoryRegion
 from trtserve.client.errors import InferenceServerError
+from trtserve.client.shared_memory import SystemSharedMemoryRegion
 from trtserve.client.sync import InferenceClient
 from trtserve.client.tls import TlsConfig
 from trtserve.client.types import (
     BatchStatistics,
+    CudaRegionStatus,
     Duration,
     InferInput,
     InferRequest,
@@ -25,6 +30,9 @@ from trtserve.client.types import (
     ModelMetadata,
     ModelStatistics,
     ServerMetadata,
+    SharedMemoryInput,
+    SharedMemoryOutput,
+    SystemRegionStatus,
     TensorMetadata,
     UploadResult,
 )
@@ -33,6 +41,9 @@ __all__ = [
     "AsyncInferenceClient",
     "BatchStatistics",
     "BenchResult",
+    "CudaRegionStatus",
+    "CudaSharedMemoryError",
+    "CudaSharedMemoryRegion",
     "Duration",
     "InferInput",
     "InferRequest",
@@ -43,6 +54,10 @@ __all__ = [
     "ModelMetadata",
     "ModelStatistics",
     "ServerMetadata",
+    "SharedMemoryInput",
+    "SharedMemoryOutput",
+    "SystemRegionStatus",
+    "SystemSharedMemoryRegion",
     "TensorMetadata",
     "TlsConfig",
     "UploadResult",

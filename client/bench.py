@@ -4,6 +4,9 @@ Used by `trtserve bench` and the benchmarks. Latency is measured per request aro
 awaited call (time.perf_counter_ns); throughput counts successful requests only. One Python
 process tops out at a few thousand requests per second, so `processes` spreads the tasks over
 several processes that start together after a barrier.
+
+With `shared_memory` "system" or "cuda", each task sends its own request instead, whose inputs
+and outputs lie in a shared-memory region of its own (see trtserve.client.bench_regions).
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from trtserve.client import bench_regions
 from trtserve.client import request as rq
 from trtserve.client.aio import AsyncInferenceClient
+from trtserve.client.bench_regions import SHARED_MEMORY_KINDS, SharedMemoryKind
 from trtserve.client.errors import InferenceServerError
 from trtserve.client.tls import TlsConfig
 from trtserve.client.types import InferInput
@@ -47,6 +52,7 @@ class BenchResult:
     p50_ms: float | None
     p90_ms: float | None
     p99_ms: float | None
+    shared_memory: SharedMemoryKind = "none"
 
     def to_json(self) -> str:
         """The result as a JSON object (for scripts)."""
@@ -58,8 +64,9 @@ class BenchResult:
         def ms(v: float | None) -> str:
             return "n/a" if v is None else f"{v:.3f} ms"
 
+        transport = "" if self.shared_memory == "none" else f", {self.shared_memory} shared memory"
         lines = [
-            f"model {self.model}, concurrency {self.concurrency}",
+            f"model {self.model}, concurrency {self.concurrency}{transport}",
             f"requests: {self.count} ok, {sum(self.errors.values())} failed "
             f"in {self.elapsed_s:.3f} s",
             f"throughput: {self.throughput:.1f} infer/s",
@@ -76,6 +83,7 @@ def summarize(
     latencies_ns: Sequence[int],
     errors: Mapping[str, int],
     elapsed_s: float,
+    shared_memory: SharedMemoryKind = "none",
 ) -> BenchResult:
     """Throughput and latency percentiles from per-request latencies (successes only)."""
     count = len(latencies_ns)
@@ -98,12 +106,22 @@ def summarize(
         p50_ms=p50,
         p90_ms=p90,
         p99_ms=p99,
+        shared_memory=shared_memory,
     )
 
 
 def _check_limits(
-    concurrency: int, requests: int | None, duration_s: float | None, processes: int = 1
+    concurrency: int,
+    requests: int | None,
+    duration_s: float | None,
+    processes: int = 1,
+    shared_memory: str = "none",
 ) -> None:
+    if shared_memory not in SHARED_MEMORY_KINDS:
+        raise ValueError(
+            f"shared_memory must be one of {', '.join(SHARED_MEMORY_KINDS)}, "
+            f"received {shared_memory!r}"
+        )
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, received {concurrency}")
     if processes < 1 or processes > concurrency:
@@ -130,7 +148,7 @@ class _Samples:
 
 async def _drive(
     address: str,
-    message: pb.ModelInferRequest,
+    messages: Sequence[pb.ModelInferRequest],
     concurrency: int,
     requests: int | None,
     duration_s: float | None,
@@ -139,15 +157,18 @@ async def _drive(
     before_start: Callable[[], None] = lambda: None,
     tls: TlsConfig | None = None,
 ) -> _Samples:
-    """Warm up with one untimed request, then run `concurrency` looping tasks."""
+    """Warm up with one untimed request, then run `concurrency` looping tasks.
+
+    Task i sends messages[i], or messages[0] when there is one message.
+    """
     samples = _Samples()
     started = 0
     async with AsyncInferenceClient(address, timeout=timeout, tls=tls) as client:
-        await client.send_infer_request(message)
+        await client.send_infer_request(messages[0])
         before_start()
         deadline = None if duration_s is None else time.perf_counter_ns() + int(duration_s * 1e9)
 
-        async def worker() -> None:
+        async def worker(message: pb.ModelInferRequest) -> None:
             nonlocal started
             while (requests is None or started < requests) and (
                 deadline is None or time.perf_counter_ns() < deadline
@@ -163,7 +184,8 @@ async def _drive(
                 on_done()
 
         samples.start_ns = time.monotonic_ns()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        shared = len(messages) == 1
+        await asyncio.gather(*(worker(messages[0 if shared else i]) for i in range(concurrency)))
         samples.end_ns = time.monotonic_ns()
     return samples
 
@@ -180,26 +202,34 @@ async def run_load_async(
     version: str = "",
     timeout: float | None = None,
     tls: TlsConfig | None = None,
+    shared_memory: SharedMemoryKind = "none",
 ) -> BenchResult:
     """Run the load in this event loop until `requests` were sent or `duration_s` passed.
 
-    One untimed request goes first; its failure raises InferenceServerError.
+    One untimed request goes first; its failure raises InferenceServerError. `shared_memory`
+    "system" or "cuda" passes each task's tensors in a region of its own, registered before
+    the run and unregistered and removed after it (also when it fails or is cancelled).
     """
-    _check_limits(concurrency, requests, duration_s)
+    _check_limits(concurrency, requests, duration_s, shared_memory=shared_memory)
     message = rq.build_infer_request(model, inputs, version=version)
-    with tqdm(total=requests, disable=not progress, unit="req", dynamic_ncols=True) as bar:
-        samples = await _drive(
-            address,
-            message,
-            concurrency,
-            requests,
-            duration_s,
-            timeout,
-            lambda: bar.update(1),
-            tls=tls,
-        )
+    async with bench_regions.worker_messages(
+        shared_memory, address, message, inputs, concurrency, timeout=timeout, tls=tls
+    ) as messages:
+        with tqdm(total=requests, disable=not progress, unit="req", dynamic_ncols=True) as bar:
+            samples = await _drive(
+                address,
+                messages,
+                concurrency,
+                requests,
+                duration_s,
+                timeout,
+                lambda: bar.update(1),
+                tls=tls,
+            )
     elapsed_s = (samples.end_ns - samples.start_ns) / 1e9
-    return summarize(model, concurrency, samples.latencies_ns, samples.errors, elapsed_s)
+    return summarize(
+        model, concurrency, samples.latencies_ns, samples.errors, elapsed_s, shared_memory
+    )
 
 
 def run_load(
@@ -215,9 +245,13 @@ def run_load(
     timeout: float | None = None,
     processes: int = 1,
     tls: TlsConfig | None = None,
+    shared_memory: SharedMemoryKind = "none",
 ) -> BenchResult:
-    """Blocking load run; `processes > 1` splits concurrency and requests over processes."""
-    _check_limits(concurrency, requests, duration_s, processes)
+    """Blocking load run; `processes > 1` splits concurrency and requests over processes.
+
+    `shared_memory` is run_load_async's; the regions are made here and shared out.
+    """
+    _check_limits(concurrency, requests, duration_s, processes, shared_memory)
     if processes == 1:
         return asyncio.run(
             run_load_async(
@@ -231,6 +265,7 @@ def run_load(
                 version=version,
                 timeout=timeout,
                 tls=tls,
+                shared_memory=shared_memory,
             )
         )
     message = rq.build_infer_request(model, inputs, version=version)
@@ -238,13 +273,38 @@ def run_load(
     request_parts = [
         None if requests is None else _share(requests, processes, i) for i in range(processes)
     ]
-    all_samples = _run_processes(
-        address, message, parts, request_parts, duration_s, timeout, progress, requests, tls
-    )
+    with bench_regions.worker_messages_blocking(
+        shared_memory, address, message, inputs, concurrency, timeout=timeout, tls=tls
+    ) as messages:
+        all_samples = _run_processes(
+            address,
+            _message_parts(messages, parts),
+            parts,
+            request_parts,
+            duration_s,
+            timeout,
+            progress,
+            requests,
+            tls,
+        )
     latencies = [t for s in all_samples for t in s.latencies_ns]
     errors: Counter[str] = sum((s.errors for s in all_samples), Counter())
     elapsed_s = (max(s.end_ns for s in all_samples) - min(s.start_ns for s in all_samples)) / 1e9
-    return summarize(model, concurrency, latencies, errors, elapsed_s)
+    return summarize(model, concurrency, latencies, errors, elapsed_s, shared_memory)
+
+
+def _message_parts(
+    messages: Sequence[pb.ModelInferRequest], concurrency_parts: Sequence[int]
+) -> list[list[pb.ModelInferRequest]]:
+    """Each process's messages: the one shared message, or its tasks' own, in order."""
+    if len(messages) == 1:
+        return [list(messages) for _ in concurrency_parts]
+    parts: list[list[pb.ModelInferRequest]] = []
+    start = 0
+    for count in concurrency_parts:
+        parts.append(list(messages[start : start + count]))
+        start += count
+    return parts
 
 
 def _share(total: int, parts: int, index: int) -> int:
@@ -254,7 +314,7 @@ def _share(total: int, parts: int, index: int) -> int:
 
 def _process_main(
     address: str,
-    message_bytes: bytes,
+    messages_bytes: list[bytes],
     concurrency: int,
     requests: int | None,
     duration_s: float | None,
@@ -272,11 +332,11 @@ def _process_main(
             counter.value += 1
 
     try:
-        message = pb.ModelInferRequest.FromString(message_bytes)
+        messages = [pb.ModelInferRequest.FromString(m) for m in messages_bytes]
         samples = asyncio.run(
             _drive(
                 address,
-                message,
+                messages,
                 concurrency,
                 requests,
                 duration_s,
@@ -295,7 +355,7 @@ def _process_main(
 
 def _run_processes(
     address: str,
-    message: pb.ModelInferRequest,
+    message_parts: list[list[pb.ModelInferRequest]],
     concurrency_parts: list[int],
     request_parts: list[int | None],
     duration_s: float | None,
@@ -312,10 +372,19 @@ def _run_processes(
     procs = [
         ctx.Process(
             target=_process_main,
-            args=(address, message.SerializeToString(), c, r, duration_s, timeout, tls, *shared),
+            args=(
+                address,
+                [m.SerializeToString() for m in ms],
+                c,
+                r,
+                duration_s,
+                timeout,
+                tls,
+                *shared,
+            ),
             daemon=True,
         )
-        for c, r in zip(concurrency_parts, request_parts, strict=True)
+        for ms, c, r in zip(message_parts, concurrency_parts, request_parts, strict=True)
     ]
     for p in procs:
         p.start()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -15,12 +16,16 @@ import grpc
 from trtserve.client import request as rq
 from trtserve.client.errors import InferenceServerError
 from trtserve.client.types import (
+    CudaRegionStatus,
     InferInput,
     InferResult,
     ModelIndexEntry,
     ModelMetadata,
     ModelStatistics,
     ServerMetadata,
+    SharedMemoryInput,
+    SharedMemoryOutput,
+    SystemRegionStatus,
     UploadResult,
 )
 from trtserve.protocol import grpc_service_pb2 as pb
@@ -98,8 +103,8 @@ def unload_model(name: str) -> Call[None]:
 
 def infer(
     model: str,
-    inputs: Sequence[InferInput],
-    outputs: Sequence[str] | None,
+    inputs: Sequence[InferInput | SharedMemoryInput],
+    outputs: Sequence[str | SharedMemoryOutput] | None,
     version: str,
     request_id: str,
     use_typed_contents: bool,
@@ -112,7 +117,46 @@ def infer(
         request_id=request_id,
         use_typed_contents=use_typed_contents,
     )
-    return Call("ModelInfer", request, rq.parse_infer_response)
+    placed = rq.shared_memory_output_names(outputs)
+    if not placed:
+        return Call("ModelInfer", request, rq.parse_infer_response)
+    return Call("ModelInfer", request, partial(rq.parse_infer_response, in_shared_memory=placed))
+
+
+def register_system_shared_memory(name: str, key: str, byte_size: int, offset: int) -> Call[None]:
+    request = pb.SystemSharedMemoryRegisterRequest(
+        name=name, key=key, offset=offset, byte_size=byte_size
+    )
+    return Call("SystemSharedMemoryRegister", request, _nothing)
+
+
+def unregister_system_shared_memory(name: str) -> Call[None]:
+    request = pb.SystemSharedMemoryUnregisterRequest(name=name)
+    return Call("SystemSharedMemoryUnregister", request, _nothing)
+
+
+def system_shared_memory_status(name: str) -> Call[list[SystemRegionStatus]]:
+    request = pb.SystemSharedMemoryStatusRequest(name=name)
+    return Call("SystemSharedMemoryStatus", request, rq.parse_system_status)
+
+
+def register_cuda_shared_memory(
+    name: str, raw_handle: bytes, device_id: int, byte_size: int
+) -> Call[None]:
+    request = pb.CudaSharedMemoryRegisterRequest(
+        name=name, raw_handle=raw_handle, device_id=device_id, byte_size=byte_size
+    )
+    return Call("CudaSharedMemoryRegister", request, _nothing)
+
+
+def unregister_cuda_shared_memory(name: str) -> Call[None]:
+    request = pb.CudaSharedMemoryUnregisterRequest(name=name)
+    return Call("CudaSharedMemoryUnregister", request, _nothing)
+
+
+def cuda_shared_memory_status(name: str) -> Call[list[CudaRegionStatus]]:
+    request = pb.CudaSharedMemoryStatusRequest(name=name)
+    return Call("CudaSharedMemoryStatus", request, rq.parse_cuda_status)
 
 
 def upload_model(

@@ -34,6 +34,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 ChannelOptions = list[tuple[str, Any]]
 
 _Channel = TypeVar("_Channel")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,15 @@ class ClientCore(ABC, Generic[_Channel]):
     @abstractmethod
     def _open_channel(self, address: str, settings: ChannelSettings) -> _Channel:
         """A channel to `address`, opened with `settings`."""
+
+    def _one_server(self, call: Call[_T]) -> Call[_T]:
+        """`call` if this client talks to one server: shared-memory regions are per server."""
+        if len(self.addresses) > 1:
+            raise ValueError(
+                f"{call.method}: shared-memory regions are registered with one server; this "
+                f"client has {len(self.addresses)} addresses ({self.address})"
+            )
+        return call
 
     def _method(self, call: Call[Any]) -> Callable[..., Any]:
         """The routed stub method that sends `call`."""

@@ -1,14 +1,15 @@
 """Protocol messages to and from the client's records; shared by the sync and asyncio clients.
 
 Tensors go raw by default (`raw_input_contents`, what tritonclient sends); typed `contents`
-on request. Nothing here does I/O on the network.
+on request; or by reference to a shared-memory region, in the tensor's parameters as
+tritonclient's `set_shared_memory` sends them. Nothing here does I/O on the network.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from google.protobuf import json_format
 
 from trtserve.client.types import (
     BatchStatistics,
+    CudaRegionStatus,
     Duration,
     InferInput,
     InferRequest,
@@ -25,13 +27,22 @@ from trtserve.client.types import (
     ModelMetadata,
     ModelStatistics,
     ServerMetadata,
+    SharedMemoryInput,
+    SharedMemoryOutput,
+    SystemRegionStatus,
     TensorMetadata,
     UploadResult,
 )
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.protocol import trtserve_pb2 as tpb
 from trtserve.protocol.datatypes import Datatype, from_name
-from trtserve.protocol.tensors import fill_contents, from_contents, from_raw, to_raw
+from trtserve.protocol.tensors import (
+    fill_contents,
+    from_contents,
+    from_raw,
+    raw_view,
+    to_raw,
+)
 
 ProgressFn = Callable[[int, int], None]
 
@@ -74,18 +85,69 @@ def _wire_array(inp: InferInput) -> tuple[np.ndarray, Datatype]:
     return data, dt
 
 
+def tensor_bytes(
+    name: str, data: np.ndarray, datatype: str | None = None
+) -> tuple[memoryview, str]:
+    """An array's raw bytes as an input of `datatype` sends them, and that datatype's name.
+
+    `datatype` defaults to the array's; the conversions are InferInput's (BF16 from floats).
+    """
+    array, dt = _wire_array(InferInput(name, data, datatype))
+    return raw_view(array, dt), dt.name
+
+
+# The tensor parameters of a reference, as tritonclient's set_shared_memory sends them.
+REGION_PARAMETER = "shared_memory_region"
+BYTE_SIZE_PARAMETER = "shared_memory_byte_size"
+OFFSET_PARAMETER = "shared_memory_offset"
+
+
+def _set_reference(
+    what: str,
+    parameters: Mapping[str, pb.InferParameter],
+    region: str,
+    byte_size: int,
+    offset: int,
+) -> None:
+    """Name a span of a region in a tensor's parameters (the offset only when not 0)."""
+    if not region:
+        raise ValueError(f"{what}: the shared-memory region name is empty")
+    if byte_size < 0 or offset < 0:
+        raise ValueError(
+            f"{what}: byte_size and offset must not be negative, "
+            f"received byte_size {byte_size}, offset {offset}"
+        )
+    parameters[REGION_PARAMETER].string_param = region
+    parameters[BYTE_SIZE_PARAMETER].int64_param = byte_size
+    if offset:
+        parameters[OFFSET_PARAMETER].int64_param = offset
+
+
+def _add_reference_input(request: pb.ModelInferRequest, inp: SharedMemoryInput) -> None:
+    datatype = from_name(inp.datatype).name  # KeyError names the accepted datatypes
+    tensor = request.inputs.add(name=inp.name, datatype=datatype, shape=inp.shape)
+    _set_reference(f"input '{inp.name}'", tensor.parameters, inp.region, inp.byte_size, inp.offset)
+
+
 def build_infer_request(
     model: str,
-    inputs: Sequence[InferInput],
-    outputs: Sequence[str] | None = None,
+    inputs: Sequence[InferInput | SharedMemoryInput],
+    outputs: Sequence[str | SharedMemoryOutput] | None = None,
     *,
     version: str = "",
     request_id: str = "",
     use_typed_contents: bool = False,
 ) -> pb.ModelInferRequest:
-    """A ModelInferRequest; `outputs=None` asks for every output the model has."""
+    """A ModelInferRequest; `outputs=None` asks for every output the model has.
+
+    Inputs given as SharedMemoryInput carry no data, only their reference; outputs given as
+    SharedMemoryOutput are asked to be written into their region.
+    """
     request = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
     for inp in inputs:
+        if isinstance(inp, SharedMemoryInput):
+            _add_reference_input(request, inp)
+            continue
         data, dt = _wire_array(inp)
         tensor = request.inputs.add(name=inp.name, datatype=dt.name, shape=data.shape)
         if not use_typed_contents:
@@ -97,9 +159,21 @@ def build_infer_request(
             )
         else:
             fill_contents(tensor.contents, data, dt)
-    for name in outputs or ():
-        request.outputs.add(name=name)
+    for out in outputs or ():
+        if isinstance(out, str):
+            request.outputs.add(name=out)
+            continue
+        requested = request.outputs.add(name=out.name)
+        what = f"requested output '{out.name}'"
+        _set_reference(what, requested.parameters, out.region, out.byte_size, out.offset)
     return request
+
+
+def shared_memory_output_names(
+    outputs: Sequence[str | SharedMemoryOutput] | None,
+) -> frozenset[str]:
+    """The names of the requested outputs to be written into shared memory."""
+    return frozenset(o.name for o in outputs or () if isinstance(o, SharedMemoryOutput))
 
 
 def build_request_message(request: InferRequest) -> pb.ModelInferRequest:
@@ -113,8 +187,14 @@ def build_request_message(request: InferRequest) -> pb.ModelInferRequest:
     )
 
 
-def parse_infer_response(response: pb.ModelInferResponse) -> InferResult:
-    """Output arrays from raw_output_contents when present, else from typed contents."""
+def parse_infer_response(
+    response: pb.ModelInferResponse, in_shared_memory: Collection[str] = ()
+) -> InferResult:
+    """Output arrays from raw_output_contents when present, else from typed contents.
+
+    Outputs named in `in_shared_memory` were written into a region: the result describes
+    them (their raw_output_contents entry is empty, as Triton sends it).
+    """
     raw = response.raw_output_contents
     if raw and len(raw) != len(response.outputs):
         raise ValueError(
@@ -123,24 +203,51 @@ def parse_infer_response(response: pb.ModelInferResponse) -> InferResult:
         )
     arrays: dict[str, np.ndarray] = {}
     datatypes: dict[str, str] = {}
+    placed: dict[str, TensorMetadata] = {}
     for i, out in enumerate(response.outputs):
         shape = list(out.shape)
-        if raw:
+        datatypes[out.name] = out.datatype
+        if out.name in in_shared_memory:
+            if raw and raw[i]:
+                raise ValueError(
+                    f"response of model '{response.model_name}': output '{out.name}' was "
+                    f"asked in shared memory but came back inline ({len(raw[i])} bytes)"
+                )
+            placed[out.name] = TensorMetadata(out.name, out.datatype, tuple(shape))
+        elif raw:
             arrays[out.name] = from_raw(out.name, out.datatype, shape, raw[i])
         else:
             arrays[out.name] = from_contents(out.name, out.datatype, shape, out.contents)
-        datatypes[out.name] = out.datatype
     return InferResult(
         model_name=response.model_name,
         model_version=response.model_version,
         id=response.id,
         outputs=arrays,
         datatypes=datatypes,
+        shared_memory_outputs=placed,
     )
 
 
 def _tensor_metadata(t: pb.ModelMetadataResponse.TensorMetadata) -> TensorMetadata:
     return TensorMetadata(name=t.name, datatype=t.datatype, shape=tuple(int(d) for d in t.shape))
+
+
+def parse_system_status(
+    response: pb.SystemSharedMemoryStatusResponse,
+) -> list[SystemRegionStatus]:
+    """SystemSharedMemoryStatusResponse to one status per region, by name."""
+    return [
+        SystemRegionStatus(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size)
+        for _, r in sorted(response.regions.items())
+    ]
+
+
+def parse_cuda_status(response: pb.CudaSharedMemoryStatusResponse) -> list[CudaRegionStatus]:
+    """CudaSharedMemoryStatusResponse to one status per region, by name."""
+    return [
+        CudaRegionStatus(name=r.name, device_id=r.device_id, byte_size=r.byte_size)
+        for _, r in sorted(response.regions.items())
+    ]
 
 
 def parse_model_metadata(response: pb.ModelMetadataResponse) -> ModelMetadata:

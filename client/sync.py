@@ -17,6 +17,7 @@ from trtserve.client.credentials import BearerToken
 from trtserve.client.endpoints import RoutedStub
 from trtserve.client.errors import InferenceServerError
 from trtserve.client.types import (
+    CudaRegionStatus,
     InferInput,
     InferRequest,
     InferResult,
@@ -24,6 +25,9 @@ from trtserve.client.types import (
     ModelMetadata,
     ModelStatistics,
     ServerMetadata,
+    SharedMemoryInput,
+    SharedMemoryOutput,
+    SystemRegionStatus,
     UploadResult,
 )
 from trtserve.protocol import grpc_service_pb2 as pb
@@ -101,17 +105,59 @@ class InferenceClient(ClientCore[grpc.Channel]):
     def infer(
         self,
         model: str,
-        inputs: Sequence[InferInput],
-        outputs: Sequence[str] | None = None,
+        inputs: Sequence[InferInput | SharedMemoryInput],
+        outputs: Sequence[str | SharedMemoryOutput] | None = None,
         version: str = "",
         request_id: str = "",
         timeout: float | None = None,
         *,
         use_typed_contents: bool = False,
     ) -> InferResult:
-        """Run one inference; `outputs=None` returns every output."""
+        """Run one inference; `outputs=None` returns every output.
+
+        Inputs given as SharedMemoryInput are read by the server from their region; outputs
+        given as SharedMemoryOutput are written into theirs and described in the result's
+        `shared_memory_outputs`.
+        """
         call = calls.infer(model, inputs, outputs, version, request_id, use_typed_contents)
         return self._send(call, timeout)
+
+    def register_system_shared_memory(
+        self, name: str, key: str, byte_size: int, offset: int = 0
+    ) -> None:
+        """Register `byte_size` bytes at `offset` of a POSIX shared-memory object as `name`.
+
+        `key` names the object as shm_open does ("/name": /dev/shm/name).
+        """
+        self._send(
+            self._one_server(calls.register_system_shared_memory(name, key, byte_size, offset))
+        )
+
+    def unregister_system_shared_memory(self, name: str = "") -> None:
+        """Unregister system shared-memory region `name`; every one when `name` is ""."""
+        self._send(self._one_server(calls.unregister_system_shared_memory(name)))
+
+    def system_shared_memory_status(self, name: str = "") -> list[SystemRegionStatus]:
+        """The registered system shared-memory regions (only `name` when given), by name."""
+        return self._send(self._one_server(calls.system_shared_memory_status(name)))
+
+    def register_cuda_shared_memory(
+        self, name: str, raw_handle: bytes, device_id: int, byte_size: int
+    ) -> None:
+        """Register a GPU allocation on `device_id` as region `name` (its first `byte_size` bytes).
+
+        `raw_handle` is the allocation's 64-byte cudaIpcMemHandle_t.
+        """
+        call = calls.register_cuda_shared_memory(name, raw_handle, device_id, byte_size)
+        self._send(self._one_server(call))
+
+    def unregister_cuda_shared_memory(self, name: str = "") -> None:
+        """Unregister CUDA shared-memory region `name`; every one when `name` is ""."""
+        self._send(self._one_server(calls.unregister_cuda_shared_memory(name)))
+
+    def cuda_shared_memory_status(self, name: str = "") -> list[CudaRegionStatus]:
+        """The registered CUDA shared-memory regions (only `name` when given), by name."""
+        return self._send(self._one_server(calls.cuda_shared_memory_status(name)))
 
     def send_infer_request(
         self, request: pb.ModelInferRequest, timeout: float | None = None

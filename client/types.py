@@ -27,6 +27,36 @@ class InferInput:
         return self.datatype if self.datatype is not None else from_numpy(self.data.dtype).name
 
 
+@dataclass(frozen=True)
+class SharedMemoryInput:
+    """An input passed by reference: its data lies in a registered shared-memory region.
+
+    `byte_size` bytes at `offset` of region `region` (the name it was registered under) hold
+    the tensor's raw data (BYTES: length-prefixed elements).
+    """
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    region: str
+    byte_size: int
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class SharedMemoryOutput:
+    """A requested output that the server writes into `byte_size` bytes at `offset` of `region`.
+
+    The result then lists it in `InferResult.shared_memory_outputs` (datatype and shape); read
+    the data from the region. For `infer`; `stream_infer` takes output names only.
+    """
+
+    name: str
+    region: str
+    byte_size: int
+    offset: int = 0
+
+
 @dataclass
 class InferRequest:
     """One inference request, as `stream_infer` takes them."""
@@ -40,19 +70,29 @@ class InferRequest:
 
 @dataclass
 class InferResult:
-    """A response's output arrays by name (numeric ones are read-only views of the message)."""
+    """A response's output arrays by name (numeric ones are read-only views of the message).
+
+    Outputs the server wrote into shared memory are not in `outputs`, but in
+    `shared_memory_outputs` with their datatype and shape.
+    """
 
     model_name: str
     model_version: str
     id: str
     outputs: dict[str, np.ndarray]
     datatypes: dict[str, str]
+    shared_memory_outputs: dict[str, TensorMetadata] = field(default_factory=dict)
 
     def as_numpy(self, name: str) -> np.ndarray:
         """The output called `name`; KeyError names the outputs the response holds."""
         try:
             return self.outputs[name]
         except KeyError:
+            if name in self.shared_memory_outputs:
+                raise KeyError(
+                    f"output {name!r} was written into shared memory; read it from the region "
+                    f"({self.shared_memory_outputs[name]})"
+                ) from None
             raise KeyError(
                 f"output {name!r} is not in the response of model {self.model_name!r}; "
                 f"received {sorted(self.outputs)}"
@@ -137,6 +177,25 @@ class ModelStatistics:
     compute_infer: Duration
     compute_output: Duration
     batch_stats: tuple[BatchStatistics, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class SystemRegionStatus:
+    """A registered system shared-memory region: `byte_size` bytes at `offset` of object `key`."""
+
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+
+
+@dataclass(frozen=True)
+class CudaRegionStatus:
+    """A registered CUDA shared-memory region: `byte_size` bytes on GPU `device_id`."""
+
+    name: str
+    device_id: int
+    byte_size: int
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from trtserve.client.bench import run_load, summarize
+from trtserve.client.bench import _message_parts, run_load, summarize
+from trtserve.client.bench_regions import ALIGNMENT, output_sizes, plan_layout
+from trtserve.protocol import grpc_service_pb2 as pb
 
 
 def test_percentiles_and_throughput_of_known_latencies() -> None:
@@ -52,6 +54,7 @@ def test_json_holds_every_field() -> None:
         "p50_ms": 1.0,
         "p90_ms": 1.0,
         "p99_ms": 1.0,
+        "shared_memory": "none",
     }
 
 
@@ -69,3 +72,37 @@ def test_json_holds_every_field() -> None:
 def test_bad_limits_are_refused_before_connecting(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         run_load("127.0.0.1:1", "m", [], **kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_shared_memory_kind_is_refused_before_connecting() -> None:
+    with pytest.raises(ValueError, match="shared_memory must be one of none, system, cuda"):
+        run_load("127.0.0.1:1", "m", [], concurrency=1, requests=1, shared_memory="posix")  # type: ignore[arg-type]
+
+
+def test_layout_aligns_each_tensor_after_the_last() -> None:
+    layout = plan_layout([("A", 10), ("B", 64)], [("Y", 1), ("Z", 0)])
+    assert layout.inputs == {"A": 0, "B": 64}
+    assert layout.outputs == {"Y": (128, 1), "Z": (192, 0)}
+    assert layout.byte_size == 192
+    assert ALIGNMENT == 64
+
+
+def test_layout_of_nothing_is_one_byte() -> None:
+    # A mapping cannot be empty.
+    assert plan_layout([], []).byte_size == 1
+
+
+def test_output_sizes_leave_bytes_outputs_out() -> None:
+    response = pb.ModelInferResponse()
+    response.outputs.add(name="Y", datatype="FP16", shape=[2, 3])
+    response.outputs.add(name="S", datatype="BYTES", shape=[2])
+    response.outputs.add(name="B", datatype="BOOL", shape=[5])
+    assert output_sizes(response) == [("Y", 12), ("B", 5)]
+
+
+def test_each_process_gets_its_tasks_messages_in_order() -> None:
+    messages = [pb.ModelInferRequest(id=str(i)) for i in range(5)]
+    parts = _message_parts(messages, [2, 2, 1])
+    assert [[m.id for m in p] for p in parts] == [["0", "1"], ["2", "3"], ["4"]]
+    shared = _message_parts(messages[:1], [3, 2])
+    assert [[m.id for m in p] for p in shared] == [["0"], ["0"]]
