@@ -169,7 +169,11 @@ async def start_server(
     await asyncio.to_thread(preload_runtimes, settings, backends)
     repository, temporary_repository = _repository(settings)
     manager = ModelManager(
-        repository, backends, metrics, default_max_queue_size=settings.max_queue_size
+        repository,
+        backends,
+        metrics,
+        default_max_queue_size=settings.max_queue_size,
+        max_inline_execution_us=settings.max_inline_execution_us,
     )
     health_servicer = GuardedHealthServicer(policy)
     manager.on_state_change = _model_health(health_servicer)

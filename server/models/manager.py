@@ -59,11 +59,13 @@ class ModelManager:
         metrics: ServerMetrics,
         *,
         default_max_queue_size: int,
+        max_inline_execution_us: int = 0,
     ) -> None:
         self.repository = repository
         self._backends = dict(backends)
         self._metrics = metrics
         self._default_max_queue_size = default_max_queue_size
+        self._max_inline_execution_us = max_inline_execution_us
         self._records: dict[str, ModelRecord] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         # Called on every state change; the API layer keeps per-model health with it.
@@ -273,6 +275,7 @@ class ModelManager:
             max_batch_size=settings.max_batch_size,
             batching=settings.batching,
             max_queue_size=settings.batching.max_queue_size or self._default_max_queue_size,
+            max_inline_execution_us=self._max_inline_execution_us,
         )
 
     def _set_state(self, record: ModelRecord, state: ModelState, reason: str, version: str) -> None:
