@@ -281,7 +281,7 @@ class DataPlane:
                 inputs.on_release = lease.share()
             response = await model.scheduler.submit(inputs)
             queue_ns = response.queue_ns
-            if inputs.output_targets:
+            if _unplaced(inputs, response):
                 await self._place(model, inputs, response)
             if many_objects(response):
                 many = True
@@ -306,7 +306,8 @@ class DataPlane:
     async def _place(
         self, model: ServingModel, request: InferenceRequest, response: InferenceResponse
     ) -> None:
-        """Write outputs the backend returned into the shared memory the client named."""
+        """Write outputs still in the response (BYTES: the scheduler places the others) into
+        the shared memory the client named."""
         types = {spec.name: datatypes.from_name(spec.datatype) for spec in model.outputs.values()}
         targets = request.output_targets
         if any(t.device is not None for t in targets.values()):
@@ -361,6 +362,14 @@ def _inputs_to_host(request: InferenceRequest) -> None:
     for name, array in list(request.inputs.items()):
         if isinstance(array, DeviceArray):
             request.inputs[name] = device_to_host(array)
+
+
+def _unplaced(request: InferenceRequest, response: InferenceResponse) -> bool:
+    """Whether an output the client wants in shared memory is still in the response."""
+    return any(
+        not isinstance(response.outputs.get(name), PlacedOutput | None)
+        for name in request.output_targets
+    )
 
 
 def _path(kind: RegionKind) -> str:
