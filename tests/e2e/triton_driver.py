@@ -264,19 +264,10 @@ def check_stream_infer(address: str) -> None:
 
 @scenario
 def check_unimplemented(address: str) -> None:
-    """Shared memory, trace and log settings RPCs are answered UNIMPLEMENTED."""
+    """Trace and log settings RPCs are answered UNIMPLEMENTED (shared memory is served: see
+    test_shared_memory.py)."""
     client = _client(address)
     calls: dict[str, Callable[[], object]] = {
-        "get_system_shared_memory_status": client.get_system_shared_memory_status,
-        "register_system_shared_memory": lambda: client.register_system_shared_memory(
-            "region", "/trtserve-test", 64
-        ),
-        "unregister_system_shared_memory": client.unregister_system_shared_memory,
-        "get_cuda_shared_memory_status": client.get_cuda_shared_memory_status,
-        "register_cuda_shared_memory": lambda: client.register_cuda_shared_memory(
-            "region", b"\x00" * 64, 0, 64
-        ),
-        "unregister_cuda_shared_memory": client.unregister_cuda_shared_memory,
         "get_trace_settings": client.get_trace_settings,
         "update_trace_settings": lambda: client.update_trace_settings(
             settings={"trace_level": ["OFF"]}
