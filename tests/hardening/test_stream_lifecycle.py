@@ -28,7 +28,7 @@ class ScriptedServicer(InferenceServicer):
 
     def __init__(self, cap: int, behaviour: Callable[[pb.ModelInferRequest], Any]) -> None:
         limits = request_limits(ServerSettings(max_stream_in_flight=cap))
-        plane = DataPlane(None, None, ServingState(), "test", limits)  # type: ignore[arg-type]
+        plane = DataPlane(None, None, ServingState(), "test", limits, None, 0)  # type: ignore[arg-type]
         super().__init__(plane)
         self.behaviour = behaviour
 
