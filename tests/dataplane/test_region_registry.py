@@ -333,7 +333,7 @@ def test_views_count_from_the_registered_offset_and_stay_in_bounds(folder: Path)
         os.truncate(folder / "big", 12000)
         with pytest.raises(InvalidArgument) as caught:
             region.view(0, 16, "input 'X'")
-        expect(InvalidArgument, "'r'", "shrank to 12000 bytes", "15000")(caught.value)
+        expect(InvalidArgument, "input 'X'", "'r'", "shrank to 12000 bytes", "15000")(caught.value)
     finally:
         region.close()
 

@@ -532,6 +532,7 @@ def check_bad_requests(address: str, prefix: str) -> None:
             lambda: client.infer(MODEL, good, outputs=outputs),
             "INVALID_ARGUMENT",
             "OUTPUT0",
+            f"'{region}'",
             "room for 32 bytes",
             "needs 64",
         )
@@ -594,6 +595,7 @@ def check_shrunk_object(address: str, prefix: str) -> None:
         _expect_status(
             lambda: client.infer(MODEL, inputs, outputs=outputs),
             "INVALID_ARGUMENT",
+            "INPUT0",
             f"'{region}'",
             "shrank to 1024 bytes",
             str(size),
@@ -606,6 +608,7 @@ def check_shrunk_object(address: str, prefix: str) -> None:
                 outputs=[_output("OUTPUT0", region, 0, slots.nbytes)],
             ),
             "INVALID_ARGUMENT",
+            "OUTPUT0",
             "shrank",
         )
         assert client.is_server_live(client_timeout=TIMEOUT_S)
