@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,8 +40,34 @@ TIMEOUT_S = 10.0
 Totals = dict[RegionKind, tuple[int, int]]
 
 
+# Every registry entry the running test made (see `entries`).
+_ENTRIES: list[shared_memory._Entry] = []
+
+
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coroutine)
+    """Run `coroutine` on a new loop. Whatever happens, the threads that wait for regions to
+    close are let go before the loop joins them: a lease that is never released fails the
+    test instead of hanging it."""
+    with asyncio.Runner() as runner:
+        try:
+            return runner.run(coroutine)
+        finally:
+            for entry in _ENTRIES:
+                entry.closed.set()
+
+
+@pytest.fixture(autouse=True)
+def entries(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Record the registry's entries in _ENTRIES (for `run`)."""
+
+    class RecordedEntry(shared_memory._Entry):
+        def __init__(self, region: shared_memory.Region) -> None:
+            super().__init__(region)
+            _ENTRIES.append(self)
+
+    monkeypatch.setattr(shared_memory, "_Entry", RecordedEntry)
+    yield
+    _ENTRIES.clear()
 
 
 def make_object(folder: Path, name: str, size: int) -> Path:
@@ -147,9 +173,9 @@ def test_unregister_waits_for_the_lease_but_frees_the_name_at_once(
         expected = (np.arange(8) % 256).astype(np.uint8)
         np.testing.assert_array_equal(old.view(0, 8, "input 'INPUT0'"), expected)
 
-        lease.release()
-        await asyncio.wait_for(unregistering, TIMEOUT_S)
+        lease.release()  # the last lease closes the region, in the releasing thread
         assert closed == [old]
+        await asyncio.wait_for(unregistering, TIMEOUT_S)
         # The region registered meanwhile is untouched, and goes with its own unregister.
         assert names(shm) == ["r"]
         await asyncio.wait_for(shm.unregister(SYSTEM, "r"), TIMEOUT_S)
@@ -172,8 +198,8 @@ def test_a_shared_lease_ends_with_its_last_holder(folder: Path, closed: list[Sys
         assert closed == []
         # The scheduler releases from its own thread.
         await asyncio.to_thread(scheduler_release)
-        await asyncio.wait_for(unregistering, TIMEOUT_S)
         assert len(closed) == 1
+        await asyncio.wait_for(unregistering, TIMEOUT_S)
 
     run(scenario())
 
@@ -185,8 +211,8 @@ def test_a_refused_lease_holds_nothing(folder: Path, closed: list[SystemRegion])
         with pytest.raises(NotFound) as caught:
             shm.lease({"a": "input 'INPUT0'", "gone": "requested output 'OUTPUT1'"})
         expect(NotFound, "requested output 'OUTPUT1'", "'gone'")(caught.value)
-        # Region a was not left leased: its unregister closes it at once.
-        await asyncio.wait_for(shm.unregister(SYSTEM, "a"), TIMEOUT_S)
+        # Region a was not left leased: closing every region closes it at once.
+        shm.close_all()
         assert len(closed) == 1
 
     run(scenario())
