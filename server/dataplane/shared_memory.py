@@ -193,12 +193,14 @@ class SharedMemoryRegistry:
                 entry.unregistered = True
                 removed.append(entry)
             idle = [e for e in removed if e.leases == 0]
+        # Reported at once, as status reports it: not after the wait, which a caller that
+        # goes away never finishes.
+        self._changed()
         for entry in idle:
             await asyncio.to_thread(self._close, entry)
         for entry in removed:
             if entry not in idle:
                 await asyncio.to_thread(entry.closed.wait)
-        self._changed()
 
     def close_all(self) -> None:
         """Close every region (server shutdown, after the last request)."""

@@ -146,7 +146,8 @@ def test_unregister_waits_for_the_lease_but_frees_the_name_at_once(
     folder: Path, closed: list[SystemRegion]
 ) -> None:
     async def scenario() -> None:
-        shm = registry(folder)
+        changes: list[Totals] = []
+        shm = registry(folder, changes=changes)
         await shm.register_system("r", "/obj", 0, 4096)
         lease = shm.lease({"r": "input 'INPUT0'"})
         old = lease.region("r")
@@ -156,9 +157,10 @@ def test_unregister_waits_for_the_lease_but_frees_the_name_at_once(
         for _ in range(5):
             await asyncio.sleep(0)  # let the loop run the task, and others
         assert not unregistering.done(), "unregister returned while a request held the region"
-        # The name is free already: status lacks it, requests cannot lease it, and it can be
-        # registered again (which runs a thread: the loop runs on meanwhile).
+        # The name is free already: status and metrics lack it, requests cannot lease it, and
+        # it can be registered again (which runs a thread: the loop runs on meanwhile).
         assert names(shm) == []
+        assert changes[-1][SYSTEM] == (0, 0), changes
         with pytest.raises(NotFound):
             shm.lease({"r": "input 'INPUT0'"})
         await shm.register_system("r", "/obj", 1024, 1024)
