@@ -196,8 +196,10 @@ class SharedMemoryRegistry:
         # Reported at once, as status reports it: not after the wait, which a caller that
         # goes away never finishes.
         self._changed()
-        for entry in idle:
-            await asyncio.to_thread(self._close, entry)
+        if idle:
+            # Shielded: a caller that goes away must not leave regions that no name reaches
+            # mapped for good.
+            await asyncio.shield(asyncio.to_thread(self._close_each, idle))
         for entry in removed:
             if entry not in idle:
                 await asyncio.to_thread(entry.closed.wait)
@@ -211,6 +213,10 @@ class SharedMemoryRegistry:
             entry.unregistered = True
             if entry.leases == 0:
                 self._close(entry)
+
+    def _close_each(self, entries: Iterable[_Entry]) -> None:
+        for entry in entries:
+            self._close(entry)
 
     def _close(self, entry: _Entry) -> None:
         try:

@@ -220,6 +220,38 @@ def test_a_refused_lease_holds_nothing(folder: Path, closed: list[SystemRegion])
     run(scenario())
 
 
+def test_regions_unregistered_by_a_caller_that_left_are_closed(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unregister (every region) is cancelled once it began: the regions it removed are still
+    closed, not left mapped with no name to reach them by."""
+    all_closed = threading.Event()
+    closed: list[SystemRegion] = []
+    close = SystemRegion.close
+
+    def counting_close(self: SystemRegion) -> None:
+        close(self)
+        closed.append(self)
+        if len(closed) == 3:
+            all_closed.set()
+
+    monkeypatch.setattr(SystemRegion, "close", counting_close)
+
+    async def scenario() -> None:
+        shm = registry(folder)
+        for name in ("a", "b", "c"):
+            await shm.register_system(name, "/obj", 0, 64)
+        unregistering = asyncio.create_task(shm.unregister(SYSTEM, ""))
+        await asyncio.sleep(0)  # it removed the names and began closing
+        assert names(shm) == []
+        unregistering.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await unregistering
+        assert await asyncio.to_thread(all_closed.wait, TIMEOUT_S), f"closed only {closed}"
+
+    run(scenario())
+
+
 def test_close_all_closes_leased_regions_at_release(
     folder: Path, closed: list[SystemRegion]
 ) -> None:
