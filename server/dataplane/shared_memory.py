@@ -14,9 +14,10 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 
 from trtserve.server.dataplane.cuda_region import CudaRegion, CudaRegionStatus
-from trtserve.server.dataplane.system_region import SystemRegion, SystemRegionStatus
+from trtserve.server.dataplane.system_region import SHM_DIR, SystemRegion, SystemRegionStatus
 from trtserve.server.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -70,10 +71,13 @@ class SharedMemoryRegistry:
         limits: SharedMemoryLimits,
         gpu_count: Callable[[], int],
         on_change: Callable[[dict[RegionKind, tuple[int, int]]], None] | None = None,
+        directory: Path = SHM_DIR,
     ) -> None:
         """`gpu_count` says how many CUDA devices exist (CUDA regions need one); `on_change`
-        receives (regions, bytes) per kind after every change (metrics)."""
+        receives (regions, bytes) per kind after every change (metrics); `directory` holds
+        the shared-memory objects that system regions name (tests use their own)."""
         self.limits = limits
+        self._directory = directory
         self._gpu_count = gpu_count
         self._on_change = on_change
         self._entries: dict[str, _Entry] = {}
@@ -87,7 +91,7 @@ class SharedMemoryRegistry:
     async def register_system(self, name: str, key: str, offset: int, byte_size: int) -> None:
         """Map [offset, offset + byte_size) of the object `key` as region `name`."""
         self._reserve(name, byte_size, RegionKind.SYSTEM)
-        await self._build(name, lambda: SystemRegion(name, key, offset, byte_size))
+        await self._build(name, lambda: SystemRegion(name, key, offset, byte_size, self._directory))
 
     async def register_cuda(
         self, name: str, raw_handle: bytes, device_id: int, byte_size: int
@@ -189,12 +193,16 @@ class SharedMemoryRegistry:
                 entry.unregistered = True
                 removed.append(entry)
             idle = [e for e in removed if e.leases == 0]
-        for entry in idle:
-            await asyncio.to_thread(self._close, entry)
+        # Reported at once, as status reports it: not after the wait, which a caller that
+        # goes away never finishes.
+        self._changed()
+        if idle:
+            # Shielded: a caller that goes away must not leave regions that no name reaches
+            # mapped for good.
+            await asyncio.shield(asyncio.to_thread(self._close_each, idle))
         for entry in removed:
             if entry not in idle:
                 await asyncio.to_thread(entry.closed.wait)
-        self._changed()
 
     def close_all(self) -> None:
         """Close every region (server shutdown, after the last request)."""
@@ -205,6 +213,10 @@ class SharedMemoryRegistry:
             entry.unregistered = True
             if entry.leases == 0:
                 self._close(entry)
+
+    def _close_each(self, entries: Iterable[_Entry]) -> None:
+        for entry in entries:
+            self._close(entry)
 
     def _close(self, entry: _Entry) -> None:
         try:

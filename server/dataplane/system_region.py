@@ -92,8 +92,9 @@ class SystemRegion:
         size = os.fstat(self._fd).st_size
         if size < self.offset + self.byte_size:
             raise InvalidArgument(
-                f"shared-memory region '{self.name}': object '{self.key}' shrank to {size} "
-                f"bytes after registration; expected at least {self.offset + self.byte_size}"
+                f"{field}: shared-memory region '{self.name}': object '{self.key}' shrank to "
+                f"{size} bytes after registration; expected at least "
+                f"{self.offset + self.byte_size}"
             )
 
     def close(self) -> None:
