@@ -274,9 +274,9 @@ class SharedMemoryRegistry:
                 entry.leases += 1
         lease = Lease(self, entries)
         try:
-            for entry in entries.values():
+            for name, entry in entries.items():
                 if isinstance(entry.region, SystemRegion):
-                    entry.region.check_size()
+                    entry.region.check_size(wanted[name])
         except BaseException:
             lease.release()
             raise

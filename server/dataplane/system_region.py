@@ -83,7 +83,7 @@ class SystemRegion:
         check_bounds(self.name, self.byte_size, offset, nbytes, field)
         return self._bytes[offset : offset + nbytes]
 
-    def check_size(self) -> None:
+    def check_size(self, field: str) -> None:
         """InvalidArgument when the object shrank below the registered range since.
 
         A client that shrinks the object after registering would make reads of the lost pages

@@ -389,10 +389,11 @@ def test_views_count_from_the_registered_offset_and_stay_in_bounds(folder: Path)
         with open(folder / "big", "rb") as f:
             f.seek(5010)
             assert f.read(2) == bytes([7, 9])
-        # A client that shrinks the object: refused, not read (that would be SIGBUS).
+        # A client that shrinks the object: refused before any view is read (a read of the
+        # lost pages would be SIGBUS). The registry checks it once per request, at the lease.
         os.truncate(folder / "big", 12000)
         with pytest.raises(InvalidArgument) as caught:
-            region.view(0, 16, "input 'X'")
+            region.check_size("input 'X'")
         expect(InvalidArgument, "input 'X'", "'r'", "shrank to 12000 bytes", "15000")(caught.value)
     finally:
         region.close()
