@@ -86,7 +86,7 @@ class ServerSettings:
         metadata={"help": "default per-model queue limit; over it: RESOURCE_EXHAUSTED"},
     )
     max_inline_execution_us: int = field(
-        default=300,
+        default=1000,
         metadata={
             "help": "a model without dynamic batching whose executions take at most this many "
             "microseconds runs a request on the event loop itself when an instance is free, "

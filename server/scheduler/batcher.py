@@ -59,7 +59,8 @@ class SchedulerConfig:
     batching: BatchingSettings
     max_queue_size: int
     # A request of a one-by-one model runs on the event loop itself, when an instance is free
-    # and the model's recent executions took at most this long; 0: always on the threads.
+    # and the model's recent executions took at most this long (CPU time); 0: always on the
+    # threads.
     max_inline_execution_us: int = 0
 
     @property
