@@ -89,8 +89,9 @@ class ServerSettings:
         default=1000,
         metadata={
             "help": "a model without dynamic batching whose executions take at most this many "
-            "microseconds runs a request on the event loop itself when an instance is free, "
-            "saving two thread hand-offs; 0 keeps every execution on the instance threads"
+            "microseconds (its compute times, averaged) runs a request on the event loop itself "
+            "when an instance is free, saving two thread hand-offs; 0 keeps every execution on "
+            "the instance threads"
         },
     )
     max_stream_in_flight: int = field(

@@ -59,8 +59,8 @@ class SchedulerConfig:
     batching: BatchingSettings
     max_queue_size: int
     # A request of a one-by-one model runs on the event loop itself, when an instance is free
-    # and the model's recent executions took at most this long (CPU time); 0: always on the
-    # threads.
+    # and the model's recent executions took at most this long (compute time); 0: always on
+    # the threads.
     max_inline_execution_us: int = 0
 
     @property
@@ -358,9 +358,6 @@ class ModelScheduler:
     def _execute(self, index: int, batch: list[_Pending]) -> list[_Settlement]:
         """Run one batch; each request's outcome, an error where the batch failed."""
         started_ns = time.perf_counter_ns()
-        # CPU time of this thread: waiting for the interpreter lock does not count, so the
-        # average says how long an execution holds the loop if it runs there.
-        started_cpu_ns = time.thread_time_ns()
         requests = [p.request for p in batch]
         try:
             result = self._instances[index].execute(
@@ -375,8 +372,11 @@ class ModelScheduler:
             return [(p.future, failure) for p in batch]
         self._executions[index].inc()
         self._record(batch, result)
-        # Races between threads only blur an average.
-        took = time.thread_time_ns() - started_cpu_ns
+        # The backend's own timings (GPU work timed by CUDA events): unlike the clock here,
+        # they do not grow while the thread waits for the interpreter lock, so the average
+        # says how long an execution would hold the loop. Races between threads only blur it.
+        t = result.timings
+        took = t.compute_input_ns + t.compute_infer_ns + t.compute_output_ns
         recent = self._recent_ns
         self._recent_ns = took if recent == float("inf") else 0.8 * recent + 0.2 * took
         return outcomes

@@ -27,8 +27,10 @@ from trtserve.server.specs import BatchingSettings, DeviceKind
 class WhereItRan(ModelInstance):
     """Doubles `x`, noting the thread of each execution; fails when `x` is negative."""
 
-    def __init__(self) -> None:
+    def __init__(self, compute_ns: int = 3) -> None:
         self.threads: list[str] = []
+        # What the instance reports as its compute time per execution.
+        self.compute_ns = compute_ns
 
     def execute(
         self,
@@ -40,7 +42,7 @@ class WhereItRan(ModelInstance):
         x = np.asarray(inputs["x"])
         if (x < 0).any():
             raise InvalidArgument("negative input")
-        return ExecutionResult({"y": x * 2}, ExecutionTimings(1, 1, 1))
+        return ExecutionResult({"y": x * 2}, ExecutionTimings(self.compute_ns, 0, 0))
 
     def close(self) -> None:
         pass
@@ -96,7 +98,7 @@ def test_requests_stay_on_the_threads(inline_us: int, batching: bool, max_batch_
 
 
 def test_a_model_slower_than_the_limit_stays_on_its_threads() -> None:
-    instance = WhereItRan()
+    instance = WhereItRan(compute_ns=2_000)
     s = scheduler(instance, inline_us=1)
     run_requests(s, [1.0, 2.0, 3.0])
     assert instance.threads == ["m-0"] * 3
