@@ -133,7 +133,7 @@ tests)
   export TRTSERVE_RUNTIMES_DIR=$LEAN TRTSERVE_TEST_PLANS=$PWD/.gpu/plans
   export TRTSERVE_SERVER_LOG=$OUT/servers.log PYTHONDONTWRITEBYTECODE=1
   : >"$TRTSERVE_SERVER_LOG"
-  timeout 420 python3 -m pytest -m gpu -v tests/gpu -p no:cacheprovider -rA 2>&1 | tee "$OUT/pytest.log"
+  timeout 420 python3 -m pytest -m gpu -v tests/gpu tests/client -p no:cacheprovider -rA 2>&1 | tee "$OUT/pytest.log"
   tests_rc=${PIPESTATUS[0]}
   echo "==================== summary ($((SECONDS - started)) s) ===================="
   echo "pytest (exit $tests_rc): $(grep -E '^=+ .*(passed|failed|skipped|error).* =+$' "$OUT/pytest.log" | tail -1)"
