@@ -1,7 +1,7 @@
 """tritonclient scenarios of system shared memory against a running trtserve.
 
 Like triton_driver.py, this module imports only tritonclient, numpy and the standard library
-(tritonclient cannot live next to trtserve.protocol); test_shared_memory.py runs each function
+(tritonclient cannot live next to trtserve.protocol); test_tritonclient_shared_memory.py runs each function
 in a spawned interpreter. Every shared-memory object is created here with tritonclient's own
 helpers under a key the test passes in (it names the test process, which removes whatever a
 failed scenario may leave), and destroyed before the scenario returns.
