@@ -1,10 +1,11 @@
 """tritonclient scenarios of system shared memory against a running trtserve.
 
-Like triton_driver.py, this module imports only tritonclient, numpy and the standard library
-(tritonclient cannot live next to trtserve.protocol); test_tritonclient_shared_memory.py runs each function
-in a spawned interpreter. Every shared-memory object is created here with tritonclient's own
-helpers under a key the test passes in (it names the test process, which removes whatever a
-failed scenario may leave), and destroyed before the scenario returns.
+Like triton_driver.py (whose helpers it shares), this module imports only tritonclient, numpy
+and the standard library (tritonclient cannot live next to trtserve.protocol);
+test_tritonclient_shared_memory.py runs each function in a spawned interpreter. Every
+shared-memory object is created here with tritonclient's own helpers under a key the test
+passes in (it names the test process, which removes whatever a failed scenario may leave),
+and destroyed before the scenario returns.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from typing import Any, TypeVar
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.utils.shared_memory as shm
+from triton_driver import WIDTH, _client, _operands
 from tritonclient.utils import InferenceServerException
 
 MODEL = "simple"
-WIDTH = 16
 ROW_BYTES = WIDTH * 4
 # Bounds every wait for a server answer, so a hang fails the test instead of blocking it.
 TIMEOUT_S = 30.0
@@ -50,19 +51,6 @@ def scenario(function: _Scenario) -> _Scenario:
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def _client(address: str) -> grpcclient.InferenceServerClient:
-    return grpcclient.InferenceServerClient(address)
-
-
-def _operands(seed: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    shape = (batch, WIDTH)
-    return (
-        rng.standard_normal(shape).astype(np.float32),
-        rng.standard_normal(shape).astype(np.float32),
-    )
 
 
 def _expect_status(call: Callable[[], object], code: str, *named: str) -> str:
