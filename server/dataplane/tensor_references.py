@@ -17,13 +17,12 @@ from trtserve.protocol import datatypes, tensors
 from trtserve.server.dataplane.cuda_region import CudaRegion
 from trtserve.server.dataplane.shared_memory import Lease
 from trtserve.server.errors import InvalidArgument
-from trtserve.server.runtime.cuda_copies import host_to_device
 from trtserve.server.runtime.tensor_buffers import (
     DeviceArray,
     OutputTarget,
     PlacedOutput,
-    check_fits,
 )
+from trtserve.server.scheduler.placement import write
 
 REGION = "shared_memory_region"
 OFFSET = "shared_memory_offset"
@@ -110,9 +109,5 @@ def place_outputs(
         if value is None or isinstance(value, PlacedOutput):
             continue
         data = np.frombuffer(tensors.raw_view(value, datatypes_by_name.get(name)), np.uint8)
-        check_fits(name, target, data.nbytes)
-        if target.host is not None:
-            target.host[: data.nbytes] = data
-        elif target.device is not None:
-            host_to_device(data, target.device)
+        write(name, data, target)
         outputs[name] = PlacedOutput(value.dtype, tuple(value.shape))

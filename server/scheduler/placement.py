@@ -23,10 +23,14 @@ def placeable(array: np.ndarray | PlacedOutput) -> TypeGuard[np.ndarray]:
 
 def place(name: str, array: np.ndarray, target: OutputTarget) -> PlacedOutput:
     """Write `array`'s bytes (C order) into `target`; InvalidArgument when they do not fit."""
-    data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    write(name, np.ascontiguousarray(array).reshape(-1).view(np.uint8), target)
+    return PlacedOutput(array.dtype, tuple(array.shape))
+
+
+def write(name: str, data: np.ndarray, target: OutputTarget) -> None:
+    """Write the bytes `data` (uint8) of output `name` into `target`, host or GPU memory."""
     check_fits(name, target, data.nbytes)
     if target.host is not None:
         target.host[: data.nbytes] = data
     elif target.device is not None:
         host_to_device(data, target.device)
-    return PlacedOutput(array.dtype, tuple(array.shape))
