@@ -423,5 +423,11 @@ def _output_names(request: pb.ModelInferRequest, model: ServingModel) -> tuple[s
                 f"unexpected requested output '{out.name}' for model '{model.name}'; "
                 f"expected outputs: {sorted(model.outputs)}"
             )
+        if out.name in names:
+            # Two entries could name two different shared-memory targets: refuse, as Triton.
+            raise InvalidArgument(
+                f"requested output '{out.name}': requested more than once; expected each "
+                "output at most once"
+            )
         names[out.name] = None
     return tuple(names)

@@ -84,6 +84,9 @@ class SharedMemoryRegistry:
         # Names being registered: reserved against duplicates and counted against the limits
         # while the (slow) mapping is made outside the lock.
         self._reserved: dict[str, int] = {}
+        # Unregistered regions still mapped because requests use them: their bytes still
+        # count against max_bytes until they are closed.
+        self._draining: set[_Entry] = set()
         self._lock = threading.Lock()
 
     # --- registration ------------------------------------------------------------------------
@@ -192,6 +195,8 @@ class SharedMemoryRegistry:
                 del self._entries[each]
                 entry.unregistered = True
                 removed.append(entry)
+                if entry.leases:
+                    self._draining.add(entry)
             idle = [e for e in removed if e.leases == 0]
         # Reported at once, as status reports it: not after the wait, which a caller that
         # goes away never finishes.
@@ -222,6 +227,8 @@ class SharedMemoryRegistry:
         try:
             entry.region.close()
         finally:
+            with self._lock:
+                self._draining.discard(entry)
             entry.closed.set()
 
     # --- status ------------------------------------------------------------------------------
@@ -248,7 +255,9 @@ class SharedMemoryRegistry:
             return totals
 
     def _mapped_bytes(self) -> int:
-        return sum(e.region.byte_size for e in self._entries.values())
+        """Bytes of the regions mapped now: registered, or unregistered and still in use."""
+        entries = [*self._entries.values(), *self._draining]
+        return sum(e.region.byte_size for e in entries)
 
     def _changed(self) -> None:
         if self._on_change is not None:

@@ -534,3 +534,24 @@ def test_cuda_arguments_are_checked_before_the_handle_is_opened(folder: Path) ->
         await shm.register_system("gpu", "/obj", 0, 64)
 
     run(scenario())
+
+
+def test_regions_unregistered_while_in_use_count_against_the_byte_limit(folder: Path) -> None:
+    async def scenario() -> None:
+        shm = registry(folder, max_bytes=4096)
+        await shm.register_system("a", "/obj", 0, 4096)
+        lease = shm.lease({"a": "input 'X'"})
+        unregistering = asyncio.create_task(shm.unregister(RegionKind.SYSTEM, "a"))
+        try:
+            while shm.status(RegionKind.SYSTEM, ""):
+                await asyncio.sleep(0)
+            # Still mapped for the request: a region of the same size would exceed the limit.
+            with pytest.raises(ResourceExhausted, match="over the limit 4096"):
+                await shm.register_system("b", "/obj", 0, 4096)
+        finally:
+            lease.release()
+            await unregistering
+        await shm.register_system("b", "/obj", 0, 4096)
+        await shm.unregister(RegionKind.SYSTEM, "")
+
+    asyncio.run(scenario())

@@ -192,6 +192,11 @@ def _unknown_output(r: pb.ModelInferRequest) -> None:
     r.outputs.add(name="OUTPUT7")
 
 
+def _duplicate_output(r: pb.ModelInferRequest) -> None:
+    r.outputs.add(name="OUTPUT1")
+    r.outputs.add(name="OUTPUT1")
+
+
 def _raw_count(r: pb.ModelInferRequest) -> None:
     del r.raw_input_contents[1]
 
@@ -257,6 +262,7 @@ CASES: dict[str, Case] = {
     "extra_input": Case(_extra_input, INVALID, ("INPUT2", MODEL, "['INPUT0', 'INPUT1']")),
     "duplicate_input": Case(_duplicate_input, INVALID, ("INPUT0", "more than once")),
     "unknown_output": Case(_unknown_output, INVALID, ("OUTPUT7", MODEL, "['OUTPUT0', 'OUTPUT1']")),
+    "duplicate_output": Case(_duplicate_output, INVALID, ("OUTPUT1", "more than once")),
     "raw_count": Case(_raw_count, INVALID, ("raw_input_contents", "(2)", "received 1")),
     "typed_count": Case(_typed_short, INVALID, ("INPUT0", "fp32_contents", "16", "received 15")),
     "typed_wrong_field": Case(
