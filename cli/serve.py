@@ -71,11 +71,14 @@ def run(args: argparse.Namespace) -> int:
     from trtserve.server.api.auth import AuthConfigError
     from trtserve.server.app import serve
     from trtserve.server.logging_setup import configure_logging
+    from trtserve.server.repository.repository import ModelRepository
     from trtserve.server.tls import TlsConfigError
     from trtserve.server.transport import PortInUse
 
     try:
         settings = settings_of(args)
+        if settings.repository is not None:
+            ModelRepository(settings.repository).check_folder()
     except ValueError as error:
         print(f"trtserve serve: {error}")
         return 2

@@ -81,6 +81,19 @@ class ModelRepository:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
+    def check_folder(self) -> None:
+        """ValueError naming the setting unless the root is an existing folder.
+
+        A mistyped path would otherwise start a server that serves nothing and looks healthy.
+        """
+        if self.root.is_dir():
+            return
+        found = "a file" if self.root.exists() else "nothing (no such folder)"
+        raise ValueError(
+            f"setting repository: expected an existing model repository folder, received "
+            f"{self.root}, which is {found}"
+        )
+
     def model_names(self) -> list[str]:
         """Names of the folders that hold a config file or a version folder, sorted."""
         if not self.root.is_dir():
