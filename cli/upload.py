@@ -36,7 +36,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--version", type=int, default=0, metavar="V", help="version folder (0: next one)"
     )
     p.add_argument(
-        "--filename", default="model.plan", help="file name in the version folder (model.plan)"
+        "--filename",
+        help="file name in the version folder (default: model.plan for a .plan or .engine "
+        "file, model.onnx for a .onnx file)",
     )
     p.add_argument("--config", metavar="FILE.json", help="model configuration (JSON)")
     p.add_argument(
@@ -47,10 +49,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=run)
 
 
+# The file name each backend loads by default, by the uploaded file's extension.
+_STORED_NAMES = {".plan": "model.plan", ".engine": "model.plan", ".onnx": "model.onnx"}
+
+
+def stored_name(path: Path, given: str | None) -> str:
+    """The file name in the version folder: `given`, else the default for the extension."""
+    if given:
+        return given
+    name = _STORED_NAMES.get(path.suffix.lower())
+    if name is None:
+        raise ValueError(
+            f"{path}: cannot tell the stored file name from the extension "
+            f"'{path.suffix or '(none)'}'; expected {', '.join(_STORED_NAMES)}, or give "
+            "--filename"
+        )
+    return name
+
+
 def run(args: argparse.Namespace) -> int:
     """Run `trtserve upload`; 1 on a server error, 2 on unreadable arguments."""
     path = Path(args.plan)
     try:
+        filename = stored_name(path, args.filename)
         config = "" if args.config is None else read_json_file(args.config)
         total = path.stat().st_size
     except (OSError, ValueError) as e:
@@ -77,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
                 args.name,
                 path,
                 version=args.version,
-                filename=args.filename,
+                filename=filename,
                 config_json=config,
                 chunk_bytes=chunk_bytes,
                 progress=progress,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from trtserve.cli.main import build_parser
+from trtserve.cli.upload import stored_name
 
 # (grpc_health and grpc_reflection are left out: `import grpc` itself looks for them.)
 SERVER_ONLY = ("onnxruntime", "onnx", "prometheus_client", "cryptography", "tensorrt_dispatch",
@@ -30,3 +32,24 @@ def test_the_parser_imports_no_server_dependency() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("file", "given", "stored"),
+    [
+        ("resnet.plan", None, "model.plan"),
+        ("resnet.engine", None, "model.plan"),
+        ("net.ONNX", None, "model.onnx"),
+        ("weights.bin", "model.plan", "model.plan"),
+    ],
+)
+def test_upload_names_the_stored_file_after_the_extension(
+    file: str, given: str | None, stored: str
+) -> None:
+    assert stored_name(Path(file), given) == stored
+
+
+def test_upload_of_an_unknown_extension_asks_for_filename() -> None:
+    expected = r"weights\.bin: .* extension '\.bin'; expected .*--filename"
+    with pytest.raises(ValueError, match=expected):
+        stored_name(Path("weights.bin"), None)
