@@ -30,14 +30,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "load",
         help="load or reload a model, optionally sending its config and files",
         description=(
-            "Load (or reload) model NAME. --config sends a configuration (JSON, the model "
-            "config schema); --file writes a file into the model folder before loading, "
+            "Load (or reload) model NAME. --config sends a configuration (JSON, or Triton's "
+            "config.pbtxt text format); --file writes a file into the model folder before loading, "
             "e.g. --file 1/model.onnx=./model.onnx (the way tritonclient's load_model does)."
         ),
     )
     load.add_argument("name", metavar="NAME", help="model name")
     add_connection_arguments(load)
-    load.add_argument("--config", metavar="FILE.json", help="model configuration (JSON)")
+    load.add_argument(
+        "--config",
+        metavar="FILE",
+        help="model configuration: JSON (.json) or Triton's text format (config.pbtxt)",
+    )
     load.add_argument(
         "--file",
         action="append",
@@ -86,6 +90,23 @@ def read_json_file(path: str) -> str:
     return text
 
 
+def read_config_file(path: str) -> str:
+    """A model configuration file as the JSON the load call sends: JSON as it is, anything
+    else read as Triton's text format (config.pbtxt); ValueError names the file."""
+    if Path(path).suffix.lower() == ".json":
+        return read_json_file(path)
+    from google.protobuf import json_format, text_format
+
+    from trtserve.protocol import model_config_pb2
+
+    config = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(Path(path).read_text(), config)
+    except text_format.ParseError as e:
+        raise ValueError(f"{path}: not a model configuration in text format: {e}") from None
+    return json_format.MessageToJson(config)
+
+
 def _read_files(specs: list[str]) -> dict[str, bytes]:
     files = {}
     for spec in specs:
@@ -101,7 +122,7 @@ def _read_files(specs: list[str]) -> dict[str, bytes]:
 def run_load(args: argparse.Namespace) -> int:
     """Load a model; 1 on a server error, 2 on unreadable or malformed arguments."""
     try:
-        config = None if args.config is None else read_json_file(args.config)
+        config = None if args.config is None else read_config_file(args.config)
         files = _read_files(args.file)
     except (OSError, ValueError) as e:
         return _fail(str(e), 2)

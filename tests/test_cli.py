@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from trtserve.cli.main import build_parser
+from trtserve.cli.models import read_config_file
 from trtserve.cli.upload import stored_name
 
 # (grpc_health and grpc_reflection are left out: `import grpc` itself looks for them.)
@@ -53,3 +55,24 @@ def test_upload_of_an_unknown_extension_asks_for_filename() -> None:
     expected = r"weights\.bin: .* extension '\.bin'; expected .*--filename"
     with pytest.raises(ValueError, match=expected):
         stored_name(Path("weights.bin"), None)
+
+
+def test_models_load_reads_a_pbtxt_config_as_the_json_it_sends(tmp_path: Path) -> None:
+    config = tmp_path / "config.pbtxt"
+    config.write_text(
+        'name: "add"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
+        'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] } ]\n'
+    )
+    sent = json.loads(read_config_file(str(config)))
+    assert sent["name"] == "add" and sent["maxBatchSize"] == 8
+    assert sent["input"] == [{"name": "INPUT0", "dataType": "TYPE_FP32", "dims": ["16"]}]
+    as_json = tmp_path / "config.json"
+    as_json.write_text('{"name": "add"}')
+    assert read_config_file(str(as_json)) == '{"name": "add"}'
+
+
+def test_models_load_names_a_misspelt_pbtxt_field(tmp_path: Path) -> None:
+    config = tmp_path / "config.pbtxt"
+    config.write_text("max_batch_sise: 8\n")
+    with pytest.raises(ValueError, match=r"config\.pbtxt: .*max_batch_sise"):
+        read_config_file(str(config))
