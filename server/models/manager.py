@@ -87,6 +87,10 @@ class ModelManager:
                 await self.load(name, fall_back=True)
             except ServerError as error:
                 log.warning("model %s not loaded: %s", name, error)
+                # A model that failed before any version was tried (its config, its
+                # folders) still shows why in RepositoryIndex.
+                if name not in self._records:
+                    self._records[name] = ModelRecord(name, ModelState.UNAVAILABLE, str(error))
 
     async def load(
         self,
