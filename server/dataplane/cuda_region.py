@@ -14,10 +14,13 @@ import numpy as np
 
 from trtserve.server.dataplane.system_region import check_bounds
 from trtserve.server.errors import FailedPrecondition, InvalidArgument
-from trtserve.server.runtime.cuda_ipc import IpcMemory, close_ipc_memory, open_ipc_memory
+from trtserve.server.runtime.cuda_ipc import (
+    IPC_HANDLE_SIZE,
+    IpcMemory,
+    close_ipc_memory,
+    open_ipc_memory,
+)
 from trtserve.server.runtime.tensor_buffers import DeviceArray, DeviceMemory
-
-IPC_HANDLE_BYTES = 64
 
 
 @dataclass(frozen=True)
@@ -33,10 +36,10 @@ class CudaRegion:
     """`byte_size` bytes of GPU memory on `device_id`, opened from an IPC handle."""
 
     def __init__(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
-        if len(raw_handle) != IPC_HANDLE_BYTES:
+        if len(raw_handle) != IPC_HANDLE_SIZE:
             raise InvalidArgument(
                 f"CUDA shared-memory region '{name}': raw_handle: expected the "
-                f"{IPC_HANDLE_BYTES} bytes of a cudaIpcMemHandle_t, received {len(raw_handle)}"
+                f"{IPC_HANDLE_SIZE} bytes of a cudaIpcMemHandle_t, received {len(raw_handle)}"
             )
         if byte_size < 1:
             raise InvalidArgument(

@@ -60,7 +60,7 @@ class SystemRegion:
         path = directory / object_name(name, key)
         self._fd = _open_object(name, key, path)
         try:
-            self._object_size = _check_size(name, key, self._fd, offset, byte_size)
+            _check_size(name, key, self._fd, offset, byte_size)
             # mmap offsets must be page-aligned: map from the page holding `offset`.
             start = offset - offset % mmap.ALLOCATIONGRANULARITY
             self._map = mmap.mmap(
@@ -141,7 +141,7 @@ def _open_object(region: str, key: str, path: Path) -> int:
     return fd
 
 
-def _check_size(region: str, key: str, fd: int, offset: int, byte_size: int) -> int:
+def _check_size(region: str, key: str, fd: int, offset: int, byte_size: int) -> None:
     size = os.fstat(fd).st_size
     if byte_size < 1:
         raise InvalidArgument(
@@ -153,4 +153,3 @@ def _check_size(region: str, key: str, fd: int, offset: int, byte_size: int) -> 
             f"offset + byte_size within it, received {offset} + {byte_size} = "
             f"{offset + byte_size}"
         )
-    return size

@@ -112,12 +112,8 @@ def is_model_ready(address: str, name: str) -> bool:
 def _region(kind: str, name: str, byte_size: int) -> Any:
     """A new region of `kind` ("system" or "cuda", device 0), from tritonclient's utilities."""
     if kind == "system":
-        import tritonclient.utils.shared_memory as shm
-
-        return shm.create_shared_memory_region(name, f"/{name}", byte_size)
-    import tritonclient.utils.cuda_shared_memory as cudashm
-
-    return cudashm.create_shared_memory_region(name, byte_size, 0)
+        return _utilities(kind).create_shared_memory_region(name, f"/{name}", byte_size)
+    return _utilities(kind).create_shared_memory_region(name, byte_size, 0)
 
 
 def _register(
@@ -126,10 +122,15 @@ def _register(
     if kind == "system":
         client.register_system_shared_memory(name, f"/{name}", size, client_timeout=TIMEOUT_S)
     else:
-        import tritonclient.utils.cuda_shared_memory as cudashm
-
-        raw = cudashm.get_raw_handle(handle)
+        raw = _utilities(kind).get_raw_handle(handle)
         client.register_cuda_shared_memory(name, raw, 0, size, client_timeout=TIMEOUT_S)
+
+
+def _unregister(client: grpcclient.InferenceServerClient, kind: str, name: str) -> None:
+    if kind == "system":
+        client.unregister_system_shared_memory(name)
+    else:
+        client.unregister_cuda_shared_memory(name)
 
 
 def _utilities(kind: str) -> Any:
@@ -201,9 +202,7 @@ def infer_by_reference(
             outputs.append(_read(kind, handle, size, out_offset, out_shape))
         return outputs
     finally:
-        client.unregister_system_shared_memory(region) if kind == "system" else (
-            client.unregister_cuda_shared_memory(region)
-        )
+        _unregister(client, kind, region)
         client.close()
         utilities.destroy_shared_memory_region(handle)
 
