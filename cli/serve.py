@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from trtserve.server.repository.repository import ModelRepository
     from trtserve.server.tls import TlsConfigError
     from trtserve.server.transport import PortInUse
+    from trtserve.server.workers.supervisor import supervise
 
     try:
         settings = settings_of(args)
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
-        return asyncio.run(serve(settings))
+        return asyncio.run(supervise(settings) if settings.workers > 1 else serve(settings))
     except (AuthConfigError, TlsConfigError, PortInUse) as error:
         print(f"trtserve serve: {error}")
         return 2

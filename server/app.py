@@ -31,6 +31,7 @@ from trtserve.server.backends.registry import make_backends, preload_runtimes
 from trtserve.server.dataplane.dataplane import DataPlane
 from trtserve.server.dataplane.serving_state import ServingState
 from trtserve.server.dataplane.shared_memory import (
+    RegionChanges,
     RegionKind,
     SharedMemoryLimits,
     SharedMemoryRegistry,
@@ -147,7 +148,7 @@ def shared_memory_registry(
     return registry
 
 
-def _repository(settings: ServerSettings) -> tuple[ModelRepository, Path | None]:
+def open_repository(settings: ServerSettings) -> tuple[ModelRepository, Path | None]:
     """The configured repository, or a temporary one holding the built-in models."""
     if settings.repository is not None:
         return ModelRepository(settings.repository), None
@@ -157,17 +158,68 @@ def _repository(settings: ServerSettings) -> tuple[ModelRepository, Path | None]
     return ModelRepository(root), root
 
 
-async def start_server(
-    settings: ServerSettings, registry: CollectorRegistry = REGISTRY
-) -> RunningServer:
-    """Load the repository and start serving; returns once the ports are bound."""
+@dataclass
+class ServerParts:
+    """A server assembled but not started: no port bound, no model loaded."""
+
+    settings: ServerSettings
+    grpc_server: grpc.aio.Server
+    credentials: grpc.ServerCredentials | None
+    registry: CollectorRegistry
+    metrics: ServerMetrics
+    manager: ModelManager
+    state: ServingState
+    health: GuardedHealthServicer
+    backends: dict[str, Backend]
+    temporary_repository: Path | None
+    plane: DataPlane
+
+    def running(self, grpc_port: int, metrics_port: int) -> RunningServer:
+        """The started server, once its ports are bound."""
+        return RunningServer(
+            self.grpc_server,
+            grpc_port,
+            metrics_port,
+            self.manager,
+            self.state,
+            self.health,
+            self.settings,
+            self.backends,
+            self.temporary_repository,
+            self.plane,
+        )
+
+    def bind(self) -> int:
+        """Add the gRPC port (shared with the other workers when there are several)."""
+        address = f"{self.settings.bind_host}:{self.settings.grpc_port}"
+        return bind_grpc(self.grpc_server, address, self.credentials)
+
+    async def mark_ready(self) -> None:
+        """Answer ready: to ServerReady and to the overall health check."""
+        self.state.ready = True
+        await self.health.set("", _SERVING)
+
+
+async def build_server(
+    settings: ServerSettings,
+    registry: CollectorRegistry = REGISTRY,
+    *,
+    region_changes: RegionChanges | None = None,
+    worker: int | None = None,
+) -> ServerParts:
+    """Everything a server is made of, from its settings; nothing bound, nothing loaded.
+
+    `region_changes`: where shared-memory registrations go (default: this process's registry;
+    a worker sends them through its supervisor to every worker); `worker`: the process's
+    index among the server's workers.
+    """
     # Credentials first: a bad token or certificate file stops the start before any work.
     policy = access_policy(settings)
     credentials = _credentials(settings)
     metrics = ServerMetrics(registry)
     backends = make_backends(settings, registry)
     await asyncio.to_thread(preload_runtimes, settings, backends)
-    repository, temporary_repository = _repository(settings)
+    repository, temporary_repository = open_repository(settings)
     manager = ModelManager(
         repository,
         backends,
@@ -187,28 +239,38 @@ async def start_server(
         request_limits(settings),
         shared_memory_registry(settings, metrics, gpus),
         gpus,
+        region_changes,
+        worker,
     )
     server = _grpc_server(settings, plane, health_servicer, policy)
-    grpc_port = bind_grpc(server, f"{settings.bind_host}:{settings.grpc_port}", credentials)
-    metrics_port = _start_metrics(settings, registry)
-    # Before the first call: recovery must not mistake a change in progress for debris.
-    await manager.recover()
-    await server.start()
-    await manager.load_all()
-    state.ready = True
-    await health_servicer.set("", _SERVING)
-    return RunningServer(
+    return ServerParts(
+        settings,
         server,
-        grpc_port,
-        metrics_port,
+        credentials,
+        registry,
+        metrics,
         manager,
         state,
         health_servicer,
-        settings,
         backends,
         temporary_repository,
         plane,
     )
+
+
+async def start_server(
+    settings: ServerSettings, registry: CollectorRegistry = REGISTRY
+) -> RunningServer:
+    """Load the repository and start serving; returns once the ports are bound."""
+    parts = await build_server(settings, registry)
+    grpc_port = parts.bind()
+    metrics_port = _start_metrics(settings, registry)
+    # Before the first call: recovery must not mistake a change in progress for debris.
+    await parts.manager.recover()
+    await parts.grpc_server.start()
+    await parts.manager.load_all()
+    await parts.mark_ready()
+    return parts.running(grpc_port, metrics_port)
 
 
 def _credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:

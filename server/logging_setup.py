@@ -44,10 +44,24 @@ class TextFormatter(logging.Formatter):
         return f"{line} {extra}" if extra else line
 
 
-def configure_logging(level: str, fmt: str) -> None:
-    """Route the root logger to stderr in the chosen format."""
+class WorkerField(logging.Filter):
+    """Adds `worker=N` to every record of a worker process of `serve --workers N`."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.index
+        return True
+
+
+def configure_logging(level: str, fmt: str, worker: int | None = None) -> None:
+    """Route the root logger to stderr in the chosen format; `worker` names the process."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    if worker is not None:
+        handler.addFilter(WorkerField(worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

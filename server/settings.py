@@ -63,6 +63,14 @@ class ServerSettings:
         default=20.0,
         metadata={"help": "seconds a client gets to answer a keepalive ping before it is closed"},
     )
+    workers: int = field(
+        default=1,
+        metadata={
+            "help": "server processes sharing the gRPC port, each with its own event loop, "
+            "models and GPU memory (one process tops out at its Python work per request); "
+            "model and shared-memory changes apply to all of them"
+        },
+    )
     repository: Path | None = field(
         default=None,
         metadata={"help": "model repository folder; none serves the built-in example models"},
@@ -243,6 +251,7 @@ class ServerSettings:
             "max_stream_in_flight",
             "max_shared_memory_regions",
             "max_shared_memory_mb",
+            "workers",
         ]
         if self.max_connections is not None:
             positive.append("max_connections")

@@ -1,7 +1,9 @@
 """How the server holds connections: its ports, the connection cap, keepalive, handshakes.
 
 - Ports are bound exclusively: grpc sets SO_REUSEPORT by default, so a second server started
-  on a port in use would silently share its connections. Here that start fails instead.
+  on a port in use would silently share its connections. Here that start fails instead. The
+  workers of one server (`--workers N`) share their port with SO_REUSEPORT, after the
+  supervisor has checked, with `claim_port`, that no other process listens on it.
 - The gRPC port holds at most `max_connections` connections; each is a file descriptor, and a
   flood of idle ones must not leave none for model files or for valid clients. Connections
   that never finish their handshake are closed after `handshake_timeout_s`.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 import resource
+import socket
 from dataclasses import dataclass
 
 import grpc
@@ -76,7 +79,7 @@ def server_options(settings: ServerSettings, limit: ConnectionLimit) -> list[tup
     return [
         ("grpc.max_receive_message_length", max_bytes),
         ("grpc.max_send_message_length", max_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
         ("grpc.max_allowed_incoming_connections", limit.max_connections),
         ("grpc.server_handshake_timeout_ms", round(settings.handshake_timeout_s * 1000)),
         ("grpc.keepalive_time_ms", round(settings.keepalive_time_s * 1000)),
@@ -104,6 +107,26 @@ def bind_grpc(
             f"setting grpc_port: cannot listen on {address} (in use by another process, or "
             f"not an address of this machine): {str(error).split(';')[0]}"
         ) from None
+
+
+def claim_port(host: str, port: int) -> int:
+    """Check that no process listens on host:port (0: choose a free port); the port number.
+
+    Bound without SO_REUSEPORT, as no listener shares with such a socket: a server already on
+    the port, even one that shares it, makes this fail.
+    """
+    family, kind, proto, _name, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            reason = "in use by another process" if error.errno == errno.EADDRINUSE else error
+            message = f"setting grpc_port: cannot listen on {host}:{port}: {reason}"
+            raise PortInUse(message) from None
+        return int(probe.getsockname()[1])
 
 
 def start_metrics(host: str, port: int, registry: CollectorRegistry) -> int:

@@ -29,6 +29,9 @@ from trtserve.server.repository.model_config import config_from_settings
 from trtserve.server.repository.repository import check_model_name, check_relative_path
 from trtserve.server.scheduler.request import InferenceResponse
 
+# Trailing metadata of ServerMetadata under `serve --workers N`: the answering worker's index.
+WORKER_METADATA = "trtserve-worker"
+
 log = logging.getLogger(__name__)
 
 # A unary reply is pre-serialized bytes, a stream reply a message (see codec).
@@ -52,9 +55,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=self._plane.ready())
 
     async def ServerMetadata(
-        self, request: pb.ServerMetadataRequest, context: object
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ServerMetadataResponse:
         info = self._plane.info()
+        if info.worker is not None:
+            # Which worker a connection reached, for operators and tests of `--workers`.
+            context.set_trailing_metadata(((WORKER_METADATA, str(info.worker)),))
         return pb.ServerMetadataResponse(
             name=info.name, version=info.version, extensions=info.extensions
         )

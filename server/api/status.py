@@ -2,7 +2,8 @@
 
 A `ServerError` is answered with its status and message. `Internal` and anything else (a
 bug) are answered INTERNAL with an error id, and the log gets the id with the traceback, so
-internal details never reach a caller but an operator can find them.
+internal details never reach a caller but an operator can find them. `error_for_status` is
+the way back, for a status one process receives from another of the same server.
 """
 
 from __future__ import annotations
@@ -42,6 +43,14 @@ def status_code(error: BaseException) -> grpc.StatusCode:
         if cls in _CODES:
             return _CODES[cls]
     return grpc.StatusCode.INTERNAL
+
+
+def error_for_status(code: grpc.StatusCode, message: str) -> errors.ServerError:
+    """The error a status stands for: a worker relays another worker's refusal with its code."""
+    for cls, cls_code in _CODES.items():
+        if cls_code == code:
+            return cls(message)
+    return errors.Internal(message)
 
 
 def client_message(error: Exception, where: str) -> str:

@@ -22,7 +22,12 @@ from trtserve.protocol import datatypes
 from trtserve.server.dataplane.cuda_region import CudaRegionStatus
 from trtserve.server.dataplane.heap_release import HeapRelease
 from trtserve.server.dataplane.serving_state import ServingState
-from trtserve.server.dataplane.shared_memory import Lease, RegionKind, SharedMemoryRegistry
+from trtserve.server.dataplane.shared_memory import (
+    Lease,
+    RegionChanges,
+    RegionKind,
+    SharedMemoryRegistry,
+)
 from trtserve.server.dataplane.system_region import SystemRegionStatus
 from trtserve.server.dataplane.tensor_references import TensorReference, place_outputs
 from trtserve.server.errors import ServerError, Unavailable, outcome
@@ -88,6 +93,8 @@ class ServerInfo:
     name: str
     version: str
     extensions: tuple[str, ...]
+    # The answering worker's index under `serve --workers N` (None: a single process).
+    worker: int | None = None
 
 
 class DataPlane:
@@ -102,15 +109,20 @@ class DataPlane:
         limits: RequestLimits,
         shared_memory: SharedMemoryRegistry,
         gpus: int,
+        region_changes: RegionChanges | None = None,
+        worker: int | None = None,
     ) -> None:
-        """`gpus`: how many CUDA devices this process sees (CUDA shared memory needs one)."""
+        """`gpus`: how many CUDA devices this process sees (CUDA shared memory needs one);
+        `region_changes`: where registrations go (default: this process's registry);
+        `worker`: this process's index among the server's workers, if it has several."""
         self.state = state
         self.limits = limits
         self.shared_memory = shared_memory
+        self._region_changes = region_changes or shared_memory
         self._manager = manager
         self._metrics = metrics
         extensions = EXTENSIONS + ((CUDA_EXTENSION,) if gpus > 0 else ())
-        self._info = ServerInfo(SERVER_NAME, version, extensions)
+        self._info = ServerInfo(SERVER_NAME, version, extensions, worker)
         self._heap_release = HeapRelease()
 
     # --- server ------------------------------------------------------------------------------
@@ -194,17 +206,17 @@ class DataPlane:
         self, name: str, key: str, offset: int, byte_size: int
     ) -> None:
         """Register a byte range of the shared-memory object `key` as region `name`."""
-        await self.shared_memory.register_system(name, key, offset, byte_size)
+        await self._region_changes.register_system(name, key, offset, byte_size)
 
     async def register_cuda_region(
         self, name: str, raw_handle: bytes, device_id: int, byte_size: int
     ) -> None:
         """Register GPU memory exported with CUDA IPC as region `name`."""
-        await self.shared_memory.register_cuda(name, raw_handle, device_id, byte_size)
+        await self._region_changes.register_cuda(name, raw_handle, device_id, byte_size)
 
     async def unregister_region(self, kind: RegionKind, name: str) -> None:
         """Unregister one region of `kind`, or every one when `name` is empty."""
-        await self.shared_memory.unregister(kind, name)
+        await self._region_changes.unregister(kind, name)
 
     def system_regions(self, name: str) -> list[SystemRegionStatus]:
         """The registered system regions (only `name` when given)."""

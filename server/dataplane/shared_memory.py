@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Protocol
 
 from trtserve.server.dataplane.cuda_region import CudaRegion, CudaRegionStatus
 from trtserve.server.dataplane.system_region import SHM_DIR, SystemRegion, SystemRegionStatus
@@ -61,6 +62,21 @@ class _Entry:
         self.leases = 0
         self.unregistered = False
         self.closed = threading.Event()
+
+
+class RegionChanges(Protocol):
+    """Where a client's registration takes effect: this process's registry, or every worker's."""
+
+    async def register_system(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        """Register a byte range of the shared-memory object `key` as region `name`."""
+
+    async def register_cuda(
+        self, name: str, raw_handle: bytes, device_id: int, byte_size: int
+    ) -> None:
+        """Register GPU memory exported with CUDA IPC as region `name`."""
+
+    async def unregister(self, kind: RegionKind, name: str) -> None:
+        """Unregister one region of `kind`, or every one when `name` is empty."""
 
 
 class SharedMemoryRegistry:

@@ -2,6 +2,8 @@
 
 A reload builds the new version completely (backend load, instances, scheduler) before it
 replaces the serving one, so a model that fails to load leaves the previous version serving.
+The two steps are separate calls, `prepare` and `commit` (or `abort`), so that several worker
+processes can each prepare a version and then all commit it or all abort it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from trtserve.server.backends.base import Backend, LoadedModel, ModelInstance, P
 from trtserve.server.errors import FailedPrecondition, NotFound, ServerError, Unavailable
 from trtserve.server.metrics import ServerMetrics
 from trtserve.server.model_state import ModelState
+from trtserve.server.models.changes import LocalChanges, ModelChanges
 from trtserve.server.models.serving_model import ServingModel
 from trtserve.server.repository.model_config import complete_settings, parse_config_text
 from trtserve.server.repository.repository import ModelRepository
@@ -27,6 +30,9 @@ from trtserve.server.scheduler.batcher import ModelScheduler, SchedulerConfig
 from trtserve.server.specs import DeviceKind, ModelSettings
 
 log = logging.getLogger(__name__)
+
+# The reason of a model a client unloaded.
+UNLOADED = "unloaded"
 
 
 @dataclass
@@ -67,7 +73,11 @@ class ModelManager:
         self._default_max_queue_size = default_max_queue_size
         self._max_inline_execution_us = max_inline_execution_us
         self._records: dict[str, ModelRecord] = {}
+        # Versions built by `prepare`, waiting for `commit` or `abort`.
+        self._prepared: dict[str, ServingModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Where a client's load or unload is applied; a worker process replaces it.
+        self.changes: ModelChanges = LocalChanges(self)
         # Called on every state change; the API layer keeps per-model health with it.
         self.on_state_change: Callable[[str, ModelState], None] | None = None
 
@@ -84,7 +94,9 @@ class ModelManager:
         names = await asyncio.to_thread(self.repository.model_names)
         for name in names:
             try:
-                await self.load(name, fall_back=True)
+                async with self._lock(name):
+                    await self.prepare(name, fall_back=True)
+                    await self.commit(name)
             except ServerError as error:
                 log.warning("model %s not loaded: %s", name, error)
                 # A model that failed before any version was tried (its config, its
@@ -92,26 +104,30 @@ class ModelManager:
                 if name not in self._records:
                     self._records[name] = ModelRecord(name, ModelState.UNAVAILABLE, str(error))
 
+    async def load_versions(self, versions: Mapping[str, int]) -> None:
+        """Load exactly these versions (a restarted worker joining the others); fails on any."""
+        for name, version in versions.items():
+            async with self._lock(name):
+                await self.prepare(name, version=version)
+                await self.commit(name)
+
     async def load(
         self,
         name: str,
         *,
         config_json: str | None = None,
         files: Mapping[str, bytes | StagedFile] | None = None,
-        fall_back: bool = False,
     ) -> ServingModel:
         """Write the given config and files, then (re)load the model's newest version.
 
         The writes are undone when the load fails, so the folder keeps serving what it served.
-
-        With `fall_back`, older versions are tried when the newest fails (used at start-up,
-        so a broken upload never takes down a model that has a good older version).
+        The load itself goes through `changes`: this process, or every worker.
 
         A caller that goes away (cancelled: a deadline, a closed connection) stops waiting, but
         the change runs to its commit or rollback: cancelled mid-write, a worker thread would go
         on writing while the rollback ran, and a loaded engine would never be closed.
         """
-        change = asyncio.ensure_future(self._load(name, config_json, files, fall_back))
+        change = asyncio.ensure_future(self._load(name, config_json, files))
         try:
             return await asyncio.shield(change)
         except asyncio.CancelledError:
@@ -123,7 +139,6 @@ class ModelManager:
         name: str,
         config_json: str | None,
         files: Mapping[str, bytes | StagedFile] | None,
-        fall_back: bool,
     ) -> ServingModel:
         async with self._lock(name):
             if config_json is not None:
@@ -135,13 +150,13 @@ class ModelManager:
                     await asyncio.to_thread(change.write_config_json, config_json)
                 for relative_path, data in (files or {}).items():
                     await asyncio.to_thread(change.write_file, relative_path, data)
-                serving = await self._load_locked(name, fall_back)
+                await self.changes.load(name)
             except BaseException:
                 # The folder goes back to what it was, so a restart serves the old version too.
                 await asyncio.to_thread(change.rollback)
                 raise
             await asyncio.to_thread(change.commit)
-            return serving
+            return self.get(name)
 
     async def unload(self, name: str) -> None:
         """Stop serving a model; queued requests finish first. Files stay in the repository."""
@@ -149,12 +164,19 @@ class ModelManager:
             record = self._records.get(name)
             if record is None or record.serving is None:
                 raise NotFound(f"model '{name}' is not loaded")
-            serving = record.serving
-            self._set_state(record, ModelState.UNLOADING, "", str(serving.version))
-            await serving.close(drain=True)
-            record.serving = None
-            self._set_state(record, ModelState.UNAVAILABLE, "unloaded", str(serving.version))
-            self._metrics.drop_version(name, str(serving.version))
+            await self.changes.unload(name)
+
+    async def unload_here(self, name: str) -> None:
+        """Stop serving a model in this process (a no-op when it serves none)."""
+        record = self._records.get(name)
+        if record is None or record.serving is None:
+            return
+        serving = record.serving
+        self._set_state(record, ModelState.UNLOADING, "", str(serving.version))
+        await serving.close(drain=True)
+        record.serving = None
+        self._set_state(record, ModelState.UNAVAILABLE, UNLOADED, str(serving.version))
+        self._metrics.drop_version(name, str(serving.version))
 
     def get(self, name: str, version: str = "") -> ServingModel:
         """The serving model for a request; NotFound or Unavailable with the reason."""
@@ -192,12 +214,23 @@ class ModelManager:
             )
         return [entries[n] for n in sorted(entries)]
 
+    def unavailable(self) -> dict[str, str]:
+        """Every model known here but not served, with why."""
+        return {n: r.reason for n, r in self._records.items() if r.serving is None}
+
+    def mark_unavailable(self, reasons: Mapping[str, str]) -> None:
+        """Know these models as not served, with why (a worker joining the others)."""
+        for name, reason in reasons.items():
+            self._records.setdefault(name, ModelRecord(name, ModelState.UNAVAILABLE, reason))
+
     def serving_models(self) -> list[ServingModel]:
         """Every model version taking requests now."""
         return [r.serving for r in self._records.values() if r.serving is not None]
 
     async def close(self) -> None:
         """Drain and release every model."""
+        for name in list(self._prepared):
+            await self.abort(name, "the server is stopping")
         for record in list(self._records.values()):
             if record.serving is not None:
                 await record.serving.close(drain=True)
@@ -209,37 +242,80 @@ class ModelManager:
     def _ready_names(self) -> list[str]:
         return sorted(n for n, r in self._records.items() if r.serving is not None)
 
-    async def _load_locked(self, name: str, fall_back: bool) -> ServingModel:
+    async def prepare(
+        self, name: str, *, version: int | None = None, fall_back: bool = False
+    ) -> ServingModel:
+        """Build a version beside the served one, for `commit` or `abort`.
+
+        The newest version by default, or exactly `version`; with `fall_back`, older versions
+        are tried when the newest fails (used at start-up, so a broken upload never takes down
+        a model that has a good older version).
+        """
+        if name in self._prepared:
+            raise FailedPrecondition(f"model '{name}': another load of it is in progress")
         settings = await asyncio.to_thread(self.repository.read_settings, name)
         versions = await asyncio.to_thread(self.repository.versions, name)
         if not versions:
             raise NotFound(f"model '{name}' has no version folder in the repository")
+        if version is not None and version not in versions:
+            raise NotFound(
+                f"model '{name}': version {version} is not in the repository; "
+                f"versions there: {sorted(versions)}"
+            )
         record = self._records.setdefault(name, ModelRecord(name, ModelState.LOADING))
-        previous = record.serving
-        candidates = sorted(versions, reverse=True) if fall_back else [max(versions)]
-        if previous is None:
+        if version is not None:
+            candidates = [version]
+        else:
+            candidates = sorted(versions, reverse=True) if fall_back else [max(versions)]
+        if record.serving is None:
             self._set_state(record, ModelState.LOADING, "", str(candidates[0]))
         error: ServerError | None = None
-        for version in candidates:
+        for candidate in candidates:
             try:
-                serving = await self._build(name, version, settings)
+                serving = await self._build(name, candidate, settings)
             except ServerError as e:
-                log.warning("model %s version %d failed to load: %s", name, version, e)
+                log.warning("model %s version %d failed to load: %s", name, candidate, e)
                 error = e
                 continue
-            record.serving = serving
-            self._set_state(record, ModelState.READY, "", str(version))
-            if previous is not None:
-                await previous.close(drain=True)
-                if previous.version != version:  # the same version shares its metrics
-                    self._metrics.drop_version(name, str(previous.version))
+            self._prepared[name] = serving
             return serving
         assert error is not None
-        if previous is None:
-            self._set_state(record, ModelState.UNAVAILABLE, str(error), str(candidates[0]))
-        else:
-            record.reason = f"reload failed, version {previous.version} still serving: {error}"
+        self._failed(record, str(error), str(candidates[0]))
         raise error
+
+    async def commit(self, name: str) -> ServingModel:
+        """Serve the prepared version; the one it replaces drains, then closes."""
+        serving = self._prepared.pop(name)
+        record = self._records[name]
+        previous = record.serving
+        record.serving = serving
+        self._set_state(record, ModelState.READY, "", str(serving.version))
+        if previous is not None:
+            await previous.close(drain=True)
+            if previous.version != serving.version:  # the same version shares its metrics
+                self._metrics.drop_version(name, str(previous.version))
+        return serving
+
+    async def abort(self, name: str, reason: str) -> None:
+        """Close the prepared version unused (another worker failed to prepare it)."""
+        serving = self._prepared.pop(name, None)
+        if serving is None:
+            return
+        await serving.close(drain=True)
+        record = self._records[name]
+        served = record.serving.version if record.serving is not None else None
+        if served != serving.version:  # the same version shares its metrics
+            self._metrics.drop_version(name, str(serving.version))
+        self._failed(record, reason, str(serving.version))
+
+    def _failed(self, record: ModelRecord, reason: str, version: str) -> None:
+        """Record a failed load: UNAVAILABLE, or the previous version still serving."""
+        if record.serving is None:
+            self._set_state(record, ModelState.UNAVAILABLE, reason, version)
+        else:
+            record.reason = (
+                f"reload failed, version {record.serving.version} still serving: {reason}"
+            )
 
     async def _build(self, name: str, version: int, settings: ModelSettings) -> ServingModel:
         backend = self._backends.get(settings.platform)
