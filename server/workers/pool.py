@@ -9,6 +9,7 @@ import logging
 import multiprocessing
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
 import grpc
 from prometheus_client import multiprocess
@@ -79,7 +80,7 @@ class WorkerPool:
                 log.warning("worker %d did not stop within %.0f s: killed", worker.index, deadline)
                 worker.process.kill()
                 await exited(worker.process)
-            await worker.channel.close()
+            await worker.channel.close(None)
 
     def pids(self) -> list[int]:
         """The workers' process ids, by index."""
@@ -104,8 +105,9 @@ class WorkerPool:
     async def _until_joined(self, worker: WorkerHandle) -> None:
         """Wait until the worker serves; WorkerFailed if it exits first."""
         exit_wait = asyncio.ensure_future(exited(worker.process))
+        either: set[asyncio.Future[Any]] = {worker.joined, exit_wait}
         try:
-            await asyncio.wait({worker.joined, exit_wait}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         finally:
             exit_wait.cancel()
         if not worker.joined.done():
@@ -131,7 +133,7 @@ class WorkerPool:
         )
         # Its counters stay in the files; its live gauges go.
         multiprocess.mark_process_dead(worker.process.pid, str(self._metrics_dir))
-        await worker.channel.close()
+        await worker.channel.close(None)
         delay = 1.0
         while not self._stopping:
             async with self._coordinator.lock:
@@ -141,7 +143,7 @@ class WorkerPool:
                 except WorkerFailed as error:
                     log.error("%s; trying again in %.0f s", error, delay)
                     multiprocess.mark_process_dead(replacement.process.pid, str(self._metrics_dir))
-                    await replacement.channel.close()
+                    await replacement.channel.close(None)
                 else:
                     log.info("worker %d is back, pid %s", worker.index, replacement.process.pid)
                     self._watch(replacement)

@@ -59,7 +59,7 @@ class SupervisorLink:
         await _relayed(self._stub.Join, request)
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)
 
 
 async def _relayed(call: Callable[[T], Awaitable[object]], request: T) -> None:
