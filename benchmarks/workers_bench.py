@@ -258,6 +258,12 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def busy_cpu_s() -> float:
+    """CPU seconds every core of the host has spent busy (not idle, not waiting on I/O)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def connections_by_process(pids: Sequence[int], port: int) -> dict[int, int]:
     """Established TCP connections accepted on `port` that each process holds; only processes
     holding one or listening on the port (the workers) are in the answer."""
@@ -310,6 +316,9 @@ class Side:
     client_cpu_us: float = 0.0
     # The busiest load process's CPU over the window, in cores (1.0: one core saturated).
     client_max_cores: float = 0.0
+    # What processes other than these servers and their loads took of the host over the
+    # window, in cores: another run sharing the machine shows up here.
+    others_cores: float | None = None
     # Connections each serving process held in the middle of the window, most first.
     connections: list[int] = field(default_factory=list)
     checks: dict[str, Any] = field(default_factory=dict)
@@ -341,6 +350,7 @@ def measure(
         children.wait_for(READY, 300 + args.warmup_s)
         pids = [pid for server in servers for pid in process_tree(server.pid)]
         cpu0 = {pid: process_cpu_s(pid) for pid in pids}
+        busy0 = busy_cpu_s()
         children.go()
         time.sleep(args.seconds / 2)
         by_pid: dict[int, int] = {}
@@ -349,6 +359,7 @@ def measure(
             by_pid |= connections_by_process(process_tree(server.pid), port)
         children.wait_for(STOPPED, args.seconds + 60)
         cpu1 = {pid: process_cpu_s(pid) for pid in pids}
+        busy = busy_cpu_s() - busy0
         results = children.wait_for(RESULT, 120)
     finally:
         children.close()
@@ -377,6 +388,8 @@ def measure(
     )
     side.client_cpu_us = round(sum(r.cpu_s for r in merged) / done * 1e6, 1)
     side.client_max_cores = round(max(r.cpu_s / r.window_s for r in merged if r.window_s), 2)
+    ours = sum(used.values()) + sum(r.cpu_s for r in merged)
+    side.others_cores = round(max(0.0, busy - ours) / side.window_s, 2)
 
 
 def stop_all(servers: Sequence[ServerUnderTest]) -> list[int]:
@@ -591,7 +604,8 @@ def markdown(report: dict[str, Any]) -> str:
             parts.append(
                 f"{TITLES[name]}: server processes {side['server_process_cores']} cores, "
                 f"busiest load process {side['client_max_cores']} cores, load "
-                f"{side['client_cpu_us']:,.0f} µs/req"
+                f"{side['client_cpu_us']:,.0f} µs/req, other processes {side['others_cores']} "
+                "cores"
             )
         lines.append(f"- N={p['workers']}, in this order: " + "; ".join(parts) + ".")
     lines.append(f"- checks: {json.dumps(report['checks'])}")
@@ -715,6 +729,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for p in points
         for name in ("trtserve", "floor")
         if p[name]["errors"]
+    ]
+    cores = report["cpus_usable"]
+    notes += [
+        f"N={p['workers']} {TITLES[name]}: other processes took {p[name]['others_cores']} of "
+        f"the {cores} cores during the window: the machine was shared, the numbers are noisy"
+        for p in points
+        for name in p["order"]
+        if (p[name]["others_cores"] or 0.0) > 0.1 * cores
     ]
     notes += [f"FAILED {line}" for line in failed]
     write_report(args.out, report, markdown(report))
