@@ -4,6 +4,7 @@
 #   bash scripts/gpu_run.sh unpack   # unpack the staged lean wheel(s) into /tmp/lean/<VERSION>/
 #   bash scripts/gpu_run.sh full     # unpack, install, GPU tests, benchmarks; results in $OUT
 #   bash scripts/gpu_run.sh shm      # unpack, install, the shared-memory benchmark alone
+#   bash scripts/gpu_run.sh workers [ARGS]  # unpack, install, benchmarks/workers_bench.py [ARGS]
 #   bash scripts/gpu_run.sh tests    # unpack, install, the GPU tests alone (pytest.log)
 #   bash scripts/gpu_run.sh multi    # the same on a two-GPU host, with the multi-GPU benchmark
 #   bash scripts/gpu_run.sh prepare  # unpack and install only; then PYTHONPATH=/tmp/site python3 ...
@@ -15,7 +16,8 @@
 # `full` and `multi` write a few flat files to $OUT: env.txt (unpack.log folded in), pytest.log,
 # servers.log, bench.log and the benchmark's .json and .md; `full` also shm_bench.json, its
 # table appended to gpu_bench.md and its log to bench.log. That is 8 files with the tests'
-# corrupt_plans.json: the most a device call brings back.
+# corrupt_plans.json: the most a device call brings back. `workers` writes env.txt,
+# workers_bench.json, workers_bench.md and workers_bench.log.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit
 mode=${1:-full}
@@ -151,6 +153,20 @@ shm)
   cat "$OUT/shm_bench_table.md" 2>/dev/null || tail -20 "$OUT/bench.log"
   exit "$shm_rc"
   ;;
+workers)
+  # `trtserve serve --workers N` against N floors, N = 1, 2, 4, 8 (or the ARGS' --workers-list):
+  # about 4 to 5 minutes with the defaults.
+  unpack
+  install || exit 1
+  environment
+  timeout 480 python3 benchmarks/workers_bench.py --runtimes-dir "$LEAN" --plans .gpu/plans \
+    --out "$OUT/workers_bench.json" "${@:2}" 2>&1 | tee "$OUT/workers_bench.log"
+  workers_rc=${PIPESTATUS[0]}
+  echo "workers benchmark (exit $workers_rc):"
+  cat "$OUT/workers_bench.md" 2>/dev/null || tail -20 "$OUT/workers_bench.log"
+  ls -la "$OUT"
+  exit "$workers_rc"
+  ;;
 full | multi)
   started=$SECONDS
   unpack
@@ -201,7 +217,7 @@ full | multi)
   ((tests_rc == 0 && bench_rc == 0 && shm_rc == 0))
   ;;
 *)
-  echo "usage: bash scripts/gpu_run.sh unpack|prepare|full|multi|shm|tests" >&2
+  echo "usage: bash scripts/gpu_run.sh unpack|prepare|full|multi|shm|workers|tests" >&2
   exit 2
   ;;
 esac
