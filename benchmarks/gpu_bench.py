@@ -335,9 +335,12 @@ def two_streams(pipelines: Sequence[Pipeline], iterations: int) -> Measure:
 # --- (c): the server ------------------------------------------------------------------------
 
 
-def start_server(repository: Path, runtimes_dir: Path, versions: Sequence[str]) -> ServerUnderTest:
-    """`trtserve serve` with every version in `versions` preloaded, its metrics port open."""
-    args = ["--log-level", "WARNING", "--runtimes-dir", str(runtimes_dir)]
+def start_server(
+    repository: Path, runtimes_dir: Path, versions: Sequence[str], extra: Sequence[str] = ()
+) -> ServerUnderTest:
+    """`trtserve serve` with every version in `versions` preloaded, its metrics port open;
+    `extra`: more flags (`--workers 4`)."""
+    args = ["--log-level", "WARNING", "--runtimes-dir", str(runtimes_dir), *extra]
     for version in versions:
         args += ["--preload-runtimes", version]
     return start(repository, args, timeout=180, metrics=True)

@@ -52,9 +52,9 @@ class ServerUnderTest:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
     def cpu_s(self) -> float:
-        """User + system CPU seconds of every thread."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU seconds of every thread, with its live child processes' (the
+        workers of `serve --workers N`)."""
+        return sum(_cpu_s(pid) for pid in _family(self.pid))
 
     def sigterm(self) -> float:
         """Send SIGTERM; the monotonic time it was sent."""
@@ -142,3 +142,24 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
     return ordered[rank]
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:  # exited since it was listed
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _family(pid: int) -> list[int]:
+    """`pid` and its live descendants."""
+    family = [pid]
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        children = [int(c) for task in tasks for c in (task / "children").read_text().split()]
+    except FileNotFoundError:
+        return family
+    for child in children:
+        family += _family(child)
+    return family

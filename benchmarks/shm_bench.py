@@ -658,23 +658,27 @@ def cpu_config() -> str:
     )
 
 
-def start_cpu_server(repository: Path) -> ServerUnderTest:
-    """`trtserve serve --repository` holding the CPU model."""
+def start_cpu_server(repository: Path, extra: Sequence[str] = ()) -> ServerUnderTest:
+    """`trtserve serve --repository` holding the CPU model; `extra`: more flags."""
     (repository / MODEL / "1").mkdir(parents=True)
     (repository / MODEL / "config.pbtxt").write_text(cpu_config())
     (repository / MODEL / "1" / "model.onnx").write_bytes(build_cpu_model())
-    return start(repository, ["--log-level", "WARNING"], timeout=120)
+    return start(repository, ["--log-level", "WARNING", *extra], timeout=120)
 
 
 def start_gpu_server(
-    repository: Path, plan: Path, runtimes_dir: Path, versions: Sequence[str]
+    repository: Path,
+    plan: Path,
+    runtimes_dir: Path,
+    versions: Sequence[str],
+    extra: Sequence[str] = (),
 ) -> tuple[ServerUnderTest, float]:
     """As gpu_bench.py: lean runtimes preloaded, the plan uploaded with its instance count."""
     import gpu_bench
 
     from trtserve.client import InferenceClient
 
-    server = gpu_bench.start_server(repository, runtimes_dir, versions)
+    server = gpu_bench.start_server(repository, runtimes_dir, versions, extra)
     try:
         with InferenceClient(server.address, timeout=300) as client:
             started = time.perf_counter()
@@ -803,7 +807,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Client: tritonclient {report['client_mode']} in up to {report['client_procs']} "
         f"process(es), concurrency split across them; {report['warmup_s']} s warm-up, "
-        f"{report['duration_s']} s window per cell. Machine: {report['machine']}.",
+        f"{report['duration_s']} s window per cell. Machine: {report['machine']}. "
+        f"trtserve worker processes: {report.get('workers', 1)}.",
         "",
         "| path | c | req/s | p50 ms | p99 ms | errors | server CPU µs/req (loop) "
         "| client CPU µs/req | busiest client proc, cores |",
@@ -917,6 +922,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=",".join(PATHS),
         help=f"comma-separated paths to measure ({','.join(PATHS)}); in-process always on a GPU",
     )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="trtserve's worker processes (serve --workers)"
+    )
     parser.add_argument("--child", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -933,6 +941,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "duration_s": args.duration_s,
         "warmup_s": args.warmup_s,
         "client_procs": args.client_procs,
+        "workers": args.workers,
         "concurrency": list(CONCURRENCY),
         "notes": [],
         "checks": {},
@@ -943,6 +952,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("no CUDA device is visible: run with --cpu")
     if not args.cpu and (args.runtimes_dir is None or args.plans is None):
         parser.error("--runtimes-dir and --plans are required on a GPU (or --cpu)")
+    workers = ["--workers", str(args.workers)] if args.workers > 1 else []
     work = Path(tempfile.mkdtemp(prefix="trtserve-shm-bench-"))
     cells: list[Cell] = []
     servers: list[ServerUnderTest] = []
@@ -954,7 +964,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"(3.2 MB), {INSTANCES} CPU instances, intra_op_threads 1"
             )
             report["device"] = "CPU only"
-            server = start_cpu_server(work / "repository")
+            server = start_cpu_server(work / "repository", workers)
             notes.append("CUDA shared memory and in-process TensorRT: skipped (--cpu, no GPU)")
         else:
             import gpu_bench
@@ -970,7 +980,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("in-process done", flush=True)
             versions = list(gpu_bench.lean_libraries(runtimes_dir))
             server, report["upload_ms"] = start_gpu_server(
-                work / "repository", plan, runtimes_dir, versions
+                work / "repository", plan, runtimes_dir, versions, workers
             )
         servers.append(server)
         floor_server = start_floor()
