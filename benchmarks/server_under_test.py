@@ -54,7 +54,7 @@ class ServerUnderTest:
     def cpu_s(self) -> float:
         """User + system CPU seconds of every thread, with its live child processes' (the
         workers of `serve --workers N`)."""
-        return sum(_cpu_s(pid) for pid in _family(self.pid))
+        return sum(_cpu_s(pid) for pid in process_tree(self.pid))
 
     def sigterm(self) -> float:
         """Send SIGTERM; the monotonic time it was sent."""
@@ -152,14 +152,19 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _family(pid: int) -> list[int]:
-    """`pid` and its live descendants."""
-    family = [pid]
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-        children = [int(c) for task in tasks for c in (task / "children").read_text().split()]
-    except FileNotFoundError:
-        return family
-    for child in children:
-        family += _family(child)
-    return family
+def process_tree(root: int) -> list[int]:
+    """`root` and every process below it (a supervisor's workers), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+    tree, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, parent in parents.items() if parent in frontier]
+        tree += frontier
+    return tree

@@ -61,7 +61,7 @@ import numpy as np
 # Run as a script: the sibling modules are importable from the script's folder.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from server_under_test import ServerUnderTest, launch, start
+from server_under_test import ServerUnderTest, launch, process_tree, start
 from shm_bench import (
     INPUT_NAME,
     INPUT_SHAPE,
@@ -231,22 +231,24 @@ class LoadChildren(Children):
             threading.Thread(target=self._pump, args=(i, popen), daemon=True).start()
 
 
-def process_tree(root: int) -> list[int]:
-    """`root` and every process below it (a supervisor's workers), from /proc."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(fields[1])
-    tree, frontier = [root], [root]
-    while frontier:
-        frontier = [pid for pid, parent in parents.items() if parent in frontier]
-        tree += frontier
-    return tree
+def process_memory(pids: Sequence[int]) -> dict[int, dict[str, float]]:
+    """Resident memory (VmRSS) and, where nvidia-smi answers, GPU memory of each process, MiB."""
+    gpu: dict[int, float] = {}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        query = ["nvidia-smi", "--query-compute-apps=pid,used_memory"]
+        query.append("--format=csv,noheader,nounits")
+        done = subprocess.run(query, capture_output=True, text=True, timeout=30, check=True)
+        for line in done.stdout.splitlines():
+            pid, used = (part.strip() for part in line.split(","))
+            gpu[int(pid)] = float(used)
+    memory: dict[int, dict[str, float]] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{pid}/status").read_text()
+            lines = status.splitlines()
+            rss = next(int(line.split()[1]) for line in lines if line.startswith("VmRSS:"))
+            memory[pid] = {"rss_mib": round(rss / 1024, 1), "gpu_mib": gpu.get(pid, 0.0)}
+    return memory
 
 
 def process_cpu_s(pid: int) -> float:
@@ -321,6 +323,8 @@ class Side:
     others_cores: float | None = None
     # Connections each serving process held in the middle of the window, most first.
     connections: list[int] = field(default_factory=list)
+    # Each server process's resident memory and GPU memory (MiB) once started, by pid.
+    memory: dict[int, dict[str, float]] = field(default_factory=dict)
     checks: dict[str, Any] = field(default_factory=dict)
     server_exit: list[int] = field(default_factory=list)
     note: str = ""
@@ -452,6 +456,7 @@ def run_side(name: str, workers: int, setup: Setup, args: Any, work: Path) -> Si
         if name == "trtserve":
             servers = [start_trtserve(setup, workers)]
             addresses = [servers[0].address] * workers
+            side.memory = process_memory(process_tree(servers[0].pid))
         else:
             servers = start_floors(workers)
             addresses = [s.address for s in servers]
@@ -608,6 +613,14 @@ def markdown(report: dict[str, Any]) -> str:
                 "cores"
             )
         lines.append(f"- N={p['workers']}, in this order: " + "; ".join(parts) + ".")
+    for p in report["points"]:
+        memory = p["trtserve"].get("memory") or {}
+        if memory:
+            each = ", ".join(f"{m['rss_mib']:,.0f} / {m['gpu_mib']:,.0f}" for m in memory.values())
+            lines.append(
+                f"- N={p['workers']} memory per trtserve process (supervisor first), resident / "
+                f"GPU MiB: {each}."
+            )
     lines.append(f"- checks: {json.dumps(report['checks'])}")
     for p in report["points"]:
         for name in ("trtserve", "floor"):
