@@ -8,13 +8,12 @@ workers that died included, so the counts never go backwards.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.metrics_core import Metric
 
 from trtserve.server.model_state import ModelState
@@ -42,6 +41,10 @@ _LATENCY_BUCKETS = (
 )
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 PHASES = ("input", "infer", "output")
+
+# Whether values live in per-process files (chosen by prometheus-client at import). There a
+# removed series keeps its file value, and remove() only warns.
+MULTIPROCESS = bool(values.ValueClass._multiprocess)
 
 # The families ModelStatistics is read from, by the names of their samples.
 _REQUESTS = "trtserve_requests"
@@ -210,6 +213,7 @@ class ServerMetrics:
             "When the last successful inference request ended (Unix time, ms resolution).",
             labels,
             registry=registry,
+            multiprocess_mode="max",
         )
         self.request_latency = self._histogram(
             registry,
@@ -275,12 +279,14 @@ class ServerMetrics:
             "Requests queued or executing.",
             labels,
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.model_state = Gauge(
             "trtserve_model_state",
             "1 for the state each model version is in.",
             (*labels, "state"),
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.tensor_bytes = Counter(
             "trtserve_tensor_bytes",
@@ -294,12 +300,14 @@ class ServerMetrics:
             "Registered shared-memory regions, by kind (system, cuda).",
             ("kind",),
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.shared_memory_bytes = Gauge(
             "trtserve_shared_memory_bytes",
             "Bytes of the registered shared-memory regions, by kind (system, cuda).",
             ("kind",),
             registry=registry,
+            multiprocess_mode="livemax",
         )
         # Bound once: recording runs per request.
         self._tensor_bytes = {
@@ -368,14 +376,17 @@ class ServerMetrics:
 
         A model has state series for one version only: the one it serves, is loading, or
         last served. An unloaded model keeps them, UNAVAILABLE at 1, so alerts on a model that
-        went away still see it; the series of every other version are removed.
+        went away still see it; the series of every other version are removed (in
+        multiprocess mode, set to 0).
         """
         with self._lock:
             previous = self._state_version.get(model)
             self._state_version[model] = version
         if previous is not None and previous != version:
             for s in ModelState:
-                with contextlib.suppress(KeyError):
+                # Zeroed first: in multiprocess mode the file keeps a removed series' value.
+                self.model_state.labels(model, previous, s).set(0)
+                if not MULTIPROCESS:
                     self.model_state.remove(model, previous, s)
         for s in ModelState:
             self.model_state.labels(model, version, s).set(1 if s == state else 0)
@@ -384,14 +395,17 @@ class ServerMetrics:
         """Forget a version that stopped serving: its series, but the state's.
 
         Without this every version ever loaded would stay in /metrics and in ModelStatistics.
+        In multiprocess mode the files keep every series (and counters summed over processes
+        must not go backwards anyway): only the pending gauge is zeroed there.
         """
         with self._lock:
             bound = self._bound.pop((model, version), None)
         if bound is not None:
-            bound.dropped = True
-        labels = {"model": model, "version": version}
-        for metric in self._version_metrics:
-            metric.remove_by_labels(labels)
+            bound.retire()
+        if not MULTIPROCESS:
+            labels = {"model": model, "version": version}
+            for metric in self._version_metrics:
+                metric.remove_by_labels(labels)
 
     def version(self, model: str, version: str) -> VersionMetrics:
         """The metrics of one model version, bound once so recording skips label lookups."""
@@ -401,6 +415,17 @@ class ServerMetrics:
             if bound is None:
                 bound = self._bound[key] = VersionMetrics(self, model, version)
         return bound
+
+    def publish_pending(self) -> None:
+        """Set each version's pending gauge from its schedulers.
+
+        Multiprocess mode exports no gauge function (see VersionMetrics), so the server calls
+        this periodically there; in one process it changes nothing that is exported.
+        """
+        with self._lock:
+            bound = list(self._bound.values())
+        for version in bound:
+            version.publish_pending()
 
 
 class VersionMetrics:
@@ -431,9 +456,11 @@ class VersionMetrics:
         # Per exact batch size: (executions, input, infer, output seconds), bound on first use.
         self._batches: dict[int, tuple[Counter, Counter, Counter, Counter]] = {}
         # Read at scrape time from the schedulers serving this version (two while one drains
-        # during a reload), so the hot path updates no gauge.
+        # during a reload), so the hot path updates no gauge. In multiprocess mode scrapes
+        # read the files only: publish_pending() writes the value there.
         self._pending_sources: list[Callable[[], int]] = []
-        metrics.pending.labels(model, version).set_function(self._pending_total)
+        self._pending = metrics.pending.labels(model, version)
+        self._pending.set_function(self._pending_total)
         # Set when the version stops serving and its series are removed.
         self.dropped = False
 
@@ -451,6 +478,19 @@ class VersionMetrics:
         with self._lock:
             sources = list(self._pending_sources)
         return float(sum(source() for source in sources))
+
+    def publish_pending(self) -> None:
+        """Write the pending requests into the gauge's value (multiprocess mode's files)."""
+        total = self._pending_total()
+        with self._lock:
+            if not self.dropped:  # else retire() zeroed it for good
+                self._pending.set(total)
+
+    def retire(self) -> None:
+        """Stop publishing: the version stopped serving."""
+        with self._lock:
+            self.dropped = True
+            self._pending.set(0)
 
     def instance_executions(self, instance: str, device: str) -> Counter:
         """The execution counter of one instance ("0", "1", ...) on one device ("gpu:1")."""

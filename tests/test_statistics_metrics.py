@@ -127,6 +127,18 @@ def test_a_dropped_version_leaves_the_statistics() -> None:
     assert list(metrics.statistics()) == [("m", "2")]
 
 
+def test_publish_pending_is_harmless_in_one_process() -> None:
+    registry = CollectorRegistry()
+    metrics = ServerMetrics(registry)
+    pending = [3]
+    metrics.version("m", "1").add_pending_source(lambda: pending[0])
+    metrics.publish_pending()
+    pending[0] = 5
+    labels = {"model": "m", "version": "1"}
+    # The gauge function still answers: the scrape sees now, not the published value.
+    assert registry.get_sample_value("trtserve_pending_requests", labels) == 5
+
+
 def test_the_data_plane_lists_only_the_versions_it_serves() -> None:
     metrics = ServerMetrics(CollectorRegistry())
     # Statistics of a version no longer served, kept as multiprocess mode's files keep them.
