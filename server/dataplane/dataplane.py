@@ -157,9 +157,13 @@ class DataPlane:
         """Statistics of every served version matching `name` and `version` (empty: all)."""
         if name:
             self._manager.get(name, version)
+        # Only the versions served now: a dropped version's counters may stay in the metrics
+        # (multiprocess mode's files keep them).
+        serving = {(m.name, str(m.version)) for m in self._manager.serving_models()}
+        stats = self._metrics.statistics()
         return [
-            (model, ver, stats)
-            for (model, ver), stats in sorted(self._metrics.snapshot().items())
+            (model, ver, stats.get((model, ver), VersionStats()))
+            for model, ver in sorted(serving)
             if (not name or model == name) and (not version or ver == version)
         ]
 

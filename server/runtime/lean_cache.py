@@ -9,7 +9,6 @@ recently used first, when more than `max_unused` are idle.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import threading
 import time
@@ -208,10 +207,7 @@ class LeanCache:
     def _forget(self, entry: _Entry) -> None:
         if self._entries.get(entry.version) is entry:
             del self._entries[entry.version]
-        label = str(entry.version)
-        for gauge in (self.metrics.loaded, self.metrics.references):
-            with contextlib.suppress(KeyError):
-                gauge.remove(label)
+        self.metrics.forget(str(entry.version))
 
 
 # The name the server's wiring uses for the process-wide instance's class.

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Iterator
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
 
+from trtserve.server.metrics import MULTIPROCESS
+
 
 class LeanRuntimeMetrics:
     """The four lean runtime metric families; register the object on a CollectorRegistry."""
@@ -23,12 +25,14 @@ class LeanRuntimeMetrics:
             "TensorRT lean runtimes loaded in this process (1 per loaded version)",
             ["version"],
             registry=None,
+            multiprocess_mode="livesum",
         )
         self.references = Gauge(
             "trtserve_lean_runtime_references",
             "Engines using each loaded TensorRT lean runtime",
             ["version"],
             registry=None,
+            multiprocess_mode="livesum",
         )
         # A version loaded more than once was dropped as unused in between (see `max_unused`).
         self.loads = Counter(
@@ -49,6 +53,17 @@ class LeanRuntimeMetrics:
             self.loads,
             self.load_seconds,
         )
+
+    def forget(self, version: str) -> None:
+        """Drop the gauges' series of a runtime no longer loaded.
+
+        Zeroed first: in multiprocess mode the file keeps a removed series' value, and remove()
+        only warns.
+        """
+        for gauge in (self.loaded, self.references):
+            gauge.labels(version).set(0)
+            if not MULTIPROCESS:
+                gauge.remove(version)
 
     def collect(self) -> Iterator[Metric]:
         for family in self._families:

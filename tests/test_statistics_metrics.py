@@ -1,0 +1,165 @@
+"""ModelStatistics is read back from the Prometheus metrics: what is recorded is what reads back.
+
+One process here; tests/hardening/test_statistics_multiprocess.py sums worker processes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from types import SimpleNamespace
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+
+from trtserve.server.app import request_limits
+from trtserve.server.dataplane.dataplane import DataPlane
+from trtserve.server.dataplane.serving_state import ServingState
+from trtserve.server.metrics import (
+    BatchStats,
+    Duration,
+    ServerMetrics,
+    VersionMetrics,
+    VersionStats,
+    version_statistics,
+)
+from trtserve.server.model_state import ModelState
+from trtserve.server.settings import ServerSettings
+
+
+def record_known(version: VersionMetrics) -> None:
+    """Two successes, two failures and three batches (two of size 5, one of size 1)."""
+    version.record_request("success", 1_000_000, 100_000, batch_size=2)
+    version.record_request("success", 3_000_000, None, batch_size=3)
+    version.record_request("invalid_argument", 500_000, None)
+    version.record_request("cancelled", 700_000, 50_000)
+    version.record_execution(5, 2, 10_000, 2_000_000, 30_000)
+    version.record_execution(1, 1, 1_000, 100_000, 3_000)
+    version.record_execution(5, 2, 20_000, 4_000_000, 60_000)
+
+
+# What record_known reads back as, but for the last inference (a clock reading).
+KNOWN = VersionStats(
+    success=Duration(2, 4_000_000),
+    fail=Duration(2, 1_200_000),
+    queue=Duration(2, 150_000),
+    # Per request: each of a batch's requests counts the batch's whole time.
+    compute_input=Duration(5, 2 * 10_000 + 1_000 + 2 * 20_000),
+    compute_infer=Duration(5, 2 * 2_000_000 + 100_000 + 2 * 4_000_000),
+    compute_output=Duration(5, 2 * 30_000 + 3_000 + 2 * 60_000),
+    inference_count=5,
+    execution_count=3,
+    batches={
+        5: BatchStats(Duration(2, 30_000), Duration(2, 6_000_000), Duration(2, 90_000)),
+        1: BatchStats(Duration(1, 1_000), Duration(1, 100_000), Duration(1, 3_000)),
+    },
+)
+
+
+def without_last_inference(stats: VersionStats) -> VersionStats:
+    return VersionStats(**{**vars(stats), "last_inference_ms": 0})
+
+
+def test_statistics_read_back_what_was_recorded() -> None:
+    metrics = ServerMetrics(CollectorRegistry())
+    before_ms = time.time_ns() // 1_000_000
+    record_known(metrics.version("m", "1"))
+    after_ms = time.time_ns() // 1_000_000
+
+    stats = metrics.statistics()
+    assert list(stats) == [("m", "1")]
+    assert without_last_inference(stats["m", "1"]) == KNOWN
+    assert before_ms <= stats["m", "1"].last_inference_ms <= after_ms
+
+
+def test_a_version_reads_as_zeros_before_its_first_request() -> None:
+    metrics = ServerMetrics(CollectorRegistry())
+    metrics.version("m", "1")
+    assert metrics.statistics() == {("m", "1"): VersionStats()}
+
+
+def test_a_failure_adds_no_inference_and_keeps_the_last_inference_time() -> None:
+    metrics = ServerMetrics(CollectorRegistry())
+    version = metrics.version("m", "1")
+    version.record_request("success", 1_000, None, batch_size=4)
+    last = metrics.statistics()["m", "1"].last_inference_ms
+    version.record_request("internal", 2_000, None, batch_size=4)
+    stats = metrics.statistics()["m", "1"]
+    assert (stats.inference_count, stats.last_inference_ms) == (4, last)
+    assert (stats.success, stats.fail) == (Duration(1, 1_000), Duration(1, 2_000))
+
+
+def test_the_whole_registry_reads_the_same_and_other_families_add_no_versions() -> None:
+    registry = CollectorRegistry()
+    metrics = ServerMetrics(registry)
+    record_known(metrics.version("m", "1"))
+    # A model whose only series is its state: not a version with statistics.
+    metrics.set_state("other", "3", ModelState.UNAVAILABLE)
+    assert version_statistics(registry.collect()) == metrics.statistics()
+
+
+def test_statistics_come_from_the_source_given() -> None:
+    elsewhere = CollectorRegistry()
+    record_known(ServerMetrics(elsewhere).version("m", "7"))
+    calls: list[None] = []
+
+    def source() -> Iterable[Metric]:
+        calls.append(None)
+        return elsewhere.collect()
+
+    metrics = ServerMetrics(CollectorRegistry(), statistics_source=source)
+    metrics.version("m", "1")
+    stats = metrics.statistics()
+    assert calls == [None]
+    assert list(stats) == [("m", "7")]
+    assert without_last_inference(stats["m", "7"]) == KNOWN
+
+
+def test_a_dropped_version_leaves_the_statistics() -> None:
+    metrics = ServerMetrics(CollectorRegistry())
+    late = metrics.version("m", "1")
+    record_known(late)
+    metrics.version("m", "2")
+    metrics.drop_version("m", "1")
+    # Late work of the dropped version, in a batch size and an outcome never seen before.
+    late.record_execution(9, 1, 1, 1, 1)
+    late.record_request("unavailable", 1, None)
+    assert list(metrics.statistics()) == [("m", "2")]
+
+
+def test_publish_pending_is_harmless_in_one_process() -> None:
+    registry = CollectorRegistry()
+    metrics = ServerMetrics(registry)
+    pending = [3]
+    metrics.version("m", "1").add_pending_source(lambda: pending[0])
+    metrics.publish_pending()
+    pending[0] = 5
+    labels = {"model": "m", "version": "1"}
+    # The gauge function still answers: the scrape sees now, not the published value.
+    assert registry.get_sample_value("trtserve_pending_requests", labels) == 5
+
+
+def test_the_data_plane_lists_only_the_versions_it_serves() -> None:
+    metrics = ServerMetrics(CollectorRegistry())
+    # Statistics of a version no longer served, kept as multiprocess mode's files keep them.
+    record_known(metrics.version("m", "1"))
+    metrics.version("m", "2").record_request("success", 1_000, None)
+    serving = [SimpleNamespace(name="n", version=3), SimpleNamespace(name="m", version=2)]
+    manager = SimpleNamespace(serving_models=lambda: serving, get=lambda name, version: None)
+    plane = DataPlane(
+        manager,  # type: ignore[arg-type]
+        metrics,
+        ServingState(),
+        "test",
+        request_limits(ServerSettings()),
+        None,  # type: ignore[arg-type]
+        0,
+    )
+
+    every = plane.statistics("", "")
+    assert [(model, version) for model, version, _ in every] == [("m", "2"), ("n", "3")]
+    assert every[0][2].success == Duration(1, 1_000)
+    # Served, but never recorded anything here: listed, with zeros.
+    assert every[1][2] == VersionStats()
+    assert [(m, v) for m, v, _ in plane.statistics("m", "")] == [("m", "2")]
+    assert plane.statistics("m", "1") == []
