@@ -239,8 +239,8 @@ def process_memory(pids: Sequence[int]) -> dict[int, dict[str, float]]:
         query.append("--format=csv,noheader,nounits")
         done = subprocess.run(query, capture_output=True, text=True, timeout=30, check=True)
         for line in done.stdout.splitlines():
-            pid, used = (part.strip() for part in line.split(","))
-            gpu[int(pid)] = float(used)
+            app, used = (part.strip() for part in line.split(","))
+            gpu[int(app)] = float(used)
     memory: dict[int, dict[str, float]] = {}
     for pid in pids:
         with contextlib.suppress(OSError):

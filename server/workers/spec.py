@@ -13,6 +13,8 @@ from trtserve.protocol import cluster_pb2 as pb
 # In the supervisor's run folder: its socket, one per worker, and the metrics files.
 SUPERVISOR_SOCKET = "supervisor.sock"
 METRICS_FOLDER = "metrics"
+# prometheus-client's multiprocess mode: where each worker writes its metrics (read at import).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def worker_socket(run_dir: Path, index: int) -> Path:

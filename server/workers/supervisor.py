@@ -32,14 +32,13 @@ from trtserve.server.workers.coordinator import Coordinator
 from trtserve.server.workers.pool import WorkerFailed, WorkerPool
 from trtserve.server.workers.spec import (
     METRICS_FOLDER,
+    MULTIPROC_ENV,
     SUPERVISOR_SOCKET,
     private_socket,
     socket_address,
 )
 
 log = logging.getLogger(__name__)
-
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 async def supervise(settings: ServerSettings) -> int:

@@ -16,6 +16,7 @@ import signal
 import sys
 
 import grpc
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from trtserve.protocol import cluster_pb2
 from trtserve.protocol.allocator import reuse_freed_memory
@@ -23,7 +24,12 @@ from trtserve.server.api.registration import add_service
 from trtserve.server.app import ServerParts, build_server
 from trtserve.server.logging_setup import configure_logging
 from trtserve.server.settings import ServerSettings
-from trtserve.server.workers.spec import ClusterState, WorkerSpec, private_socket
+from trtserve.server.workers.spec import (
+    MULTIPROC_ENV,
+    ClusterState,
+    WorkerSpec,
+    private_socket,
+)
 from trtserve.server.workers.supervisor_link import SupervisorLink
 from trtserve.server.workers.worker_servicer import (
     WorkerServicer,
@@ -54,7 +60,14 @@ async def _serve(settings: ServerSettings, spec: WorkerSpec) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     link = SupervisorLink(spec.supervisor_address)
-    parts = await build_server(settings, region_changes=link, worker=spec.index)
+    # ModelStatistics sums every worker's metrics files, those of workers gone included.
+    every_worker = MultiProcessCollector(None, path=os.environ[MULTIPROC_ENV])
+    parts = await build_server(
+        settings,
+        region_changes=link,
+        worker=spec.index,
+        statistics_source=every_worker.collect,
+    )
     parts.manager.changes = link
     control = grpc.aio.server()
     service = cluster_pb2.DESCRIPTOR.services_by_name["Worker"]
