@@ -124,6 +124,8 @@ def installed_versions(root: Path) -> list[str]:
 
 
 def launch(repository: Path, runtimes: Path, preload: Sequence[str]) -> ServerProcess:
+    # An empty repository to upload into: serve refuses a folder that does not exist.
+    repository.mkdir(parents=True, exist_ok=True)
     args = ["--repository", str(repository), "--runtimes-dir", str(runtimes)]
     for version in preload:
         # One flag per version: the setting is a list flag (action="append").
