@@ -340,6 +340,7 @@ def start_server(
 ) -> ServerUnderTest:
     """`trtserve serve` with every version in `versions` preloaded, its metrics port open;
     `extra`: more flags (`--workers 4`)."""
+    repository.mkdir(parents=True, exist_ok=True)  # the plan is uploaded into it
     args = ["--log-level", "WARNING", "--runtimes-dir", str(runtimes_dir), *extra]
     for version in versions:
         args += ["--preload-runtimes", version]
