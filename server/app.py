@@ -337,6 +337,18 @@ def _start_metrics(settings: ServerSettings, registry: CollectorRegistry) -> int
     return start_metrics(host, settings.metrics_port, registry)
 
 
+def announce_ready(
+    settings: ServerSettings, grpc_port: int, metrics_port: int, models: list[str]
+) -> None:
+    """Print the ready line; tests and scripts read the bound ports from it (0 = any)."""
+    print(
+        f"trtserve: serving gRPC on {settings.bind_host}:{grpc_port}"
+        f"{' (TLS)' if settings.tls_files is not None else ''}, "
+        f"metrics on {settings.metrics_bind_host}:{metrics_port}, models {models}",
+        flush=True,
+    )
+
+
 async def serve(settings: ServerSettings) -> int:
     """Run until SIGTERM or SIGINT, then drain; the exit status."""
     # A setting of the whole process, so it is made here and not in start_server.
@@ -348,13 +360,7 @@ async def serve(settings: ServerSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     ready = [m.name for m in running.manager.serving_models()]
-    # Tests and scripts read the bound ports from this line (ports may be 0 = any).
-    print(
-        f"trtserve: serving gRPC on {settings.bind_host}:{running.grpc_port}"
-        f"{' (TLS)' if settings.tls_files is not None else ''}, "
-        f"metrics on {settings.metrics_bind_host}:{running.metrics_port}, models {ready}",
-        flush=True,
-    )
+    announce_ready(settings, running.grpc_port, running.metrics_port, ready)
     await stop.wait()
     log.info("shutting down: draining for up to %.1f s", settings.grace_period_s)
     await running.drain_and_stop()

@@ -24,7 +24,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from trtserve.protocol import cluster_pb2
 from trtserve.server.api.registration import add_service
-from trtserve.server.app import open_repository
+from trtserve.server.app import announce_ready, open_repository
 from trtserve.server.repository.transaction import recover_interrupted
 from trtserve.server.settings import ServerSettings
 from trtserve.server.transport import claim_port, start_metrics
@@ -78,14 +78,7 @@ async def _supervise(settings: ServerSettings, port: int, run_dir: Path, metrics
         if not await _started(pool, settings.workers, stop):
             return 1
         log.info("%d workers serving, pids %s", settings.workers, pool.pids())
-        # Tests and scripts read the bound ports from this line, as from a single process's.
-        print(
-            f"trtserve: serving gRPC on {settings.bind_host}:{port}"
-            f"{' (TLS)' if settings.tls_files is not None else ''}, "
-            f"metrics on {settings.metrics_bind_host}:{metrics_port}, "
-            f"models {sorted(coordinator.state.models)}",
-            flush=True,
-        )
+        announce_ready(settings, port, metrics_port, sorted(coordinator.state.models))
         await stop.wait()
         log.info("shutting down: draining every worker for up to %.1f s", settings.grace_period_s)
         return 0
