@@ -566,7 +566,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"Targets: trtserve >= {FLOOR_TARGET}x the floors' sum at each N; >= {SCALE_TARGET:g}x "
         f"trtserve with one worker at N={SCALE_AT}.",
         "",
-        f"`trtserve serve --workers N` (one gRPC port, SO_REUSEPORT) against N floor_server.py "
+        f"`trtserve serve --workers N{''.join(' ' + a for a in report.get('serve_args', []))}` "
+        "(one gRPC port, SO_REUSEPORT) against N floor_server.py "
         f"processes (a port each, a prebuilt 3.2 MB reply); each side driven by N load processes "
         f"(tritonclient.grpc.aio, closed loop, concurrency {c} each over {ch} connection(s), "
         f"tensors inline in the messages); {report['warmup_s']} s warm-up, {report['seconds']} s "
@@ -665,6 +666,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0,
         help="connections per load process (0, the default: one per request in flight)",
     )
+    parser.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more `trtserve serve` argument (repeatable), e.g. --serve-arg=--gpu-wait=block",
+    )
     parser.add_argument("--child", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -694,6 +702,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "concurrency_per_process": args.concurrency,
         "channels_per_process": args.channels or args.concurrency,
         "instances_per_worker": INSTANCES,
+        "serve_args": args.serve_arg,
         "notes": [],
     }
     notes: list[str] = report["notes"]
@@ -713,6 +722,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["model"] = f"{gpu_bench.PLAN_NAME}, {INSTANCES} GPU instances per worker"
             report["device"] = gpu_bench.gpu_name()
             setup = gpu_setup(work, args.plans, args.runtimes_dir)
+        setup.args += args.serve_arg
         for index, workers in enumerate(args.workers_list):
             order = ["trtserve", "floor"] if index % 2 == 0 else ["floor", "trtserve"]
             sides = {name: run_side(name, workers, setup, args, work) for name in order}

@@ -134,6 +134,7 @@ tests)
   environment
   export TRTSERVE_RUNTIMES_DIR=$LEAN TRTSERVE_TEST_PLANS=$PWD/.gpu/plans
   export TRTSERVE_SERVER_LOG=$OUT/servers.log PYTHONDONTWRITEBYTECODE=1
+  export TRTSERVE_GPU_REPORT=$OUT/corrupt_plans.json TRTSERVE_GPU_MEMORY_REPORT=$OUT/embedded_memory.json
   : >"$TRTSERVE_SERVER_LOG"
   timeout 420 python3 -m pytest -m gpu -v tests/gpu tests/client -p no:cacheprovider -rA 2>&1 | tee "$OUT/pytest.log"
   tests_rc=${PIPESTATUS[0]}

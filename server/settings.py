@@ -19,6 +19,7 @@ ENV_PREFIX = "TRTSERVE_"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 # glibc's mallopt takes a C int of bytes.
 MALLOC_KEEP_MB_MAX = 2047
+GPU_WAITS = ("spin", "block")
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,14 @@ class ServerSettings:
         metadata={
             "help": "freed memory the C allocator keeps for reuse, in MiB, so large tensors do "
             "not fault in fresh pages each request (glibc; 0 keeps its defaults)"
+        },
+    )
+    gpu_wait: str = field(
+        default="spin",
+        metadata={
+            "help": "how a TensorRT instance waits for the GPU to finish a request: spin (a "
+            "core busy while it waits, the lowest latency) or block (the thread sleeps: less "
+            "CPU per request, which matters when the cores are all busy, e.g. with many workers)"
         },
     )
     max_queue_size: int = field(
@@ -237,6 +246,11 @@ class ServerSettings:
             raise ValueError(
                 "setting max_inline_execution_us: expected 0 (off) or a positive number of "
                 f"microseconds, received {self.max_inline_execution_us}"
+            )
+        if self.gpu_wait not in GPU_WAITS:
+            raise ValueError(
+                f"setting gpu_wait: expected one of {', '.join(GPU_WAITS)}, received "
+                f"{self.gpu_wait!r}"
             )
         if not 0 <= self.malloc_keep_mb <= MALLOC_KEEP_MB_MAX:
             raise ValueError(

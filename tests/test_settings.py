@@ -241,3 +241,10 @@ def test_insecure_local_admin_with_credentials_is_refused_by_the_settings() -> N
     for credentials in ({"TRTSERVE_AUTH_TOKENS_FILE": "tokens"}, mutual_tls):
         with pytest.raises(ValueError, match=r"setting insecure_local_admin: .* auth_tokens_file"):
             load_settings(environ={"TRTSERVE_INSECURE_LOCAL_ADMIN": "1", **credentials})
+
+
+def test_gpu_wait_is_spin_or_block() -> None:
+    assert ServerSettings().gpu_wait == "spin"
+    assert load_settings(environ={"TRTSERVE_GPU_WAIT": "block"}).gpu_wait == "block"
+    with pytest.raises(ValueError, match="gpu_wait: expected one of spin, block, received 'yield'"):
+        ServerSettings(gpu_wait="yield")

@@ -27,6 +27,7 @@ def make_tensorrt_backend(settings: ServerSettings, registry: CollectorRegistry)
         trust,
         auto_install=settings.allow_runtime_install,
         probe_plans=settings.probe_plans,
+        blocking_wait=settings.gpu_wait == "block",
         registry=registry,
     )
 

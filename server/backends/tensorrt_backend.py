@@ -1,8 +1,11 @@
 """TensorRT version-compatible plans on NVIDIA GPUs: the backend that loads them.
 
-Loading reads the plan header, routes the plan to the lean runtime of exactly its version (or,
-for a trusted plan with an embedded lean runtime, to the dispatch runtime), probes it in a
-child process, and deserializes it into a `TensorRTModel` (tensorrt_model). Each instance
+Loading reads the plan header and refuses, before TensorRT, a plan that cannot run here
+(plan_compatibility: not version-compatible, a plugin it does not carry, built for another
+GPU); routes the plan to the lean runtime of exactly its version (or, for a trusted plan with
+an embedded lean runtime, to the dispatch runtime), probes it in a child process, and
+deserializes it into a `TensorRTModel` (tensorrt_model). When TensorRT refuses it, the message
+says what was tried and the likely causes. Each instance
 (tensorrt_instance) has its own execution context, CUDA stream, device buffers sized for the
 largest shapes of the engine's optimization profiles, and pinned host staging buffers
 (tensorrt_memory).
@@ -17,10 +20,19 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from trtserve.server.backends.base import Backend, LoadedModel
-from trtserve.server.backends.tensorrt_model import TensorRTModel, prefixed
+from trtserve.server.backends.tensorrt_model import (
+    DeserializationFailed,
+    TensorRTModel,
+    prefixed,
+)
 from trtserve.server.backends.tensorrt_probe import probe_plan
 from trtserve.server.errors import FailedPrecondition, ServerError, Unavailable
-from trtserve.server.runtime.cuda_device import cuda_device_count, require_device
+from trtserve.server.runtime.cuda_device import (
+    DeviceDescription,
+    cuda_device_count,
+    describe_device,
+    require_device,
+)
 from trtserve.server.runtime.lean_cache import (
     DISPATCH_MODULE,
     LeanCache,
@@ -28,10 +40,12 @@ from trtserve.server.runtime.lean_cache import (
     process_lean_cache,
 )
 from trtserve.server.runtime.lean_store import LeanStore, install_command
+from trtserve.server.runtime.plan_compatibility import assess, explain_failure
 from trtserve.server.runtime.plan_header import (
     PlanHeader,
     PlanHeaderError,
     TrtVersion,
+    engine_section,
     read_plan_header,
 )
 from trtserve.server.runtime.routing import Route, RouteKind, route_plan
@@ -56,17 +70,20 @@ class TensorRTBackend(Backend):
         auto_install: bool = False,
         cuda_major: int = 13,
         probe_plans: bool = True,
+        blocking_wait: bool = False,
         registry: CollectorRegistry | None = None,
     ) -> None:
         """`auto_install` installs a missing lean runtime version on first need (pip);
         `probe_plans` deserializes each plan in a child process first (see tensorrt_probe);
-        the lean runtimes' metrics are registered on `registry` when given."""
+        `blocking_wait` makes instances sleep, not spin, while the GPU works; the lean
+        runtimes' metrics are registered on `registry` when given."""
         self.store = store if store is not None else LeanStore()
         self.trust = trust if trust is not None else TrustPolicy()
         self._runtimes = runtimes
         self.auto_install = auto_install
         self.cuda_major = cuda_major
         self.probe_plans = probe_plans
+        self.blocking_wait = blocking_wait
         self._preloaded: list[LeanRuntimeLease] = []
         if registry is not None:
             registry.register(self.runtimes.metrics)
@@ -120,18 +137,39 @@ class TensorRTBackend(Backend):
     def load(self, path: Path, settings: ModelSettings) -> LoadedModel:
         name = settings.name
         # The header is read first: a damaged plan gets its precise message even on a machine
-        # without a GPU.
+        # without a GPU, and so does a plan that cannot run anywhere here.
         plan = _read_plan(path, name)
         header = _read_header(plan, path, name)
+        compatibility = assess(header, engine_section(plan, header))
+        _refuse(compatibility.refusal(), path, name)
         ok, why = self.available()
         if not ok:
             raise Unavailable(f"model '{name}': {why}")
+        # A plan this GPU cannot run is told so before any runtime is looked for.
+        devices = [_described(device, name) for device in _gpus(settings)]
+        for device in devices:
+            _refuse(compatibility.refusal_on(device), path, name)
         route = self._route(header, plan, path, name)
-        device = _first_gpu(settings)
-        require_device(device)
+        first = devices[0]
+        try:
+            return self._deserialize(name, path, plan, route, first.device_id)
+        except DeserializationFailed as e:
+            tried = (
+                f"{route.describe()} on {first.describe()}, host code "
+                f"{'allowed' if route.host_code else 'not allowed'}"
+            )
+            explained = explain_failure(compatibility, tried, first, e.tensorrt_said)
+            raise FailedPrecondition(f"model '{name}': {path}: {explained}") from None
+
+    def _deserialize(
+        self, name: str, path: Path, plan: bytes, route: Route, device: int
+    ) -> TensorRTModel:
+        """Probe the plan in a child process, then load it here (see tensorrt_probe)."""
         if self.probe_plans:
             try:
-                probe_plan(path, route.library, device)
+                probe_plan(path, route.library, device, host_code=route.host_code)
+            except DeserializationFailed:
+                raise
             except ServerError as e:
                 raise prefixed(e, name) from None
         lease = None
@@ -139,7 +177,20 @@ class TensorRTBackend(Backend):
             if route.kind is RouteKind.LEAN:
                 assert route.library is not None
                 lease = self.runtimes.acquire(route.version, route.library)
-            return TensorRTModel(name, path, plan, route, lease, self.runtimes, device)
+            return TensorRTModel(
+                name,
+                path,
+                plan,
+                route,
+                lease,
+                self.runtimes,
+                device,
+                blocking_wait=self.blocking_wait,
+            )
+        except DeserializationFailed:
+            if lease is not None:
+                lease.release()
+            raise
         except ServerError as e:
             if lease is not None:
                 lease.release()
@@ -151,7 +202,7 @@ class TensorRTBackend(Backend):
 
     def _route(self, header: PlanHeader, plan: bytes, path: Path, name: str) -> Route:
         decision: TrustDecision | None = None
-        if header.has_lean_runtime:
+        if header.has_host_code:
             decision = self.trust.check(plan, read_signature_file(path))
         try:
             return route_plan(header, self.store, decision)
@@ -167,11 +218,26 @@ class TensorRTBackend(Backend):
             raise prefixed(e, name) from None
 
 
-def _first_gpu(settings: ModelSettings) -> int:
+def _gpus(settings: ModelSettings) -> list[int]:
+    """Every GPU the model's instances use, the first one first (0 when none is named)."""
+    devices: list[int] = []
     for group in settings.instance_groups:
-        if group.kind is DeviceKind.GPU and group.device_ids:
-            return group.device_ids[0]
-    return 0
+        if group.kind is DeviceKind.GPU:
+            devices += [d for d in group.device_ids if d not in devices]
+    return devices or [0]
+
+
+def _described(device: int, name: str) -> DeviceDescription:
+    try:
+        require_device(device)
+        return describe_device(device)
+    except ServerError as e:
+        raise prefixed(e, name) from None
+
+
+def _refuse(refusal: str | None, path: Path, name: str) -> None:
+    if refusal is not None:
+        raise FailedPrecondition(f"model '{name}': {path}: {refusal}")
 
 
 def _read_plan(path: Path, name: str) -> bytes:

@@ -32,6 +32,7 @@ from trtserve.server.backends.tensorrt_memory import (
     host_view,
     stage,
 )
+from trtserve.server.backends.tensorrt_output_pool import LentBuffer, OutputPool
 from trtserve.server.backends.tensorrt_tensors import EngineTensor, profile_bounds
 from trtserve.server.errors import (
     FailedPrecondition,
@@ -55,9 +56,18 @@ class TensorRTInstance(ModelInstance):
     """One execution context with its own stream and buffers on one device."""
 
     def __init__(
-        self, model: str, engine: Any, tensors: Sequence[EngineTensor], placement: Placement
+        self,
+        model: str,
+        engine: Any,
+        tensors: Sequence[EngineTensor],
+        placement: Placement,
+        *,
+        blocking_wait: bool = False,
     ) -> None:
+        """`blocking_wait`: wait for the GPU on an event that puts the thread to sleep, not
+        by spinning on the stream (CUDA's default for few contexts)."""
         self._rt = require_cudart()
+        self._blocking_wait = blocking_wait
         self._model = model
         self._engine: Any = engine
         self._tensors = {t.name: t for t in tensors}
@@ -66,6 +76,7 @@ class TensorRTInstance(ModelInstance):
         self._closed = False
         self._buffers = StagingBuffers()
         self._own: dict[str, OwnBuffers] = {}
+        self._pools: dict[str, OutputPool] = {}
         kind = self._rt.cudaMemcpyKind
         self._kinds = {
             CopyKind.HOST_TO_DEVICE: kind.cudaMemcpyHostToDevice,
@@ -99,7 +110,11 @@ class TensorRTInstance(ModelInstance):
         self._stream = cuda_call(
             "cudaStreamCreateWithFlags", rt.cudaStreamCreateWithFlags, rt.cudaStreamNonBlocking
         )
-        self._events = [cuda_call("cudaEventCreate", rt.cudaEventCreate) for _ in range(4)]
+        flags = rt.cudaEventBlockingSync if self._blocking_wait else rt.cudaEventDefault
+        self._events = [
+            cuda_call("cudaEventCreateWithFlags", rt.cudaEventCreateWithFlags, flags)
+            for _ in range(4)
+        ]
         self._context = self._engine.create_execution_context()
         if self._context is None:
             raise ResourceExhausted(
@@ -110,6 +125,11 @@ class TensorRTInstance(ModelInstance):
         self._own = {
             name: OwnBuffers(address, self._buffers.host[name])
             for name, address in self._buffers.device.items()
+        }
+        self._pools = {
+            t.name: OutputPool(rt, self._buffers.capacity[t.name])
+            for t in self._tensors.values()
+            if not t.is_input
         }
         self._switch_profile(self._home_profile)
 
@@ -147,7 +167,7 @@ class TensorRTInstance(ModelInstance):
                 self._set_input_shape(name, array.shape)
             # Output shapes follow from the input shapes: every target is checked for room
             # before any copy touches client memory.
-            outputs = self._plan_outputs(output_names, targets)
+            outputs, lent = self._plan_outputs(output_names, targets)
             pinned = None if PINNED.empty() else PINNED.contains
             plans = {
                 name: plan_input(name, array, self._device, self._own[name], pinned)
@@ -159,14 +179,14 @@ class TensorRTInstance(ModelInstance):
             staged = time.perf_counter_ns()
             try:
                 self._enqueue(plans, outputs)
-                self._sync()
+                self._wait()
             except BaseException:
                 # Copies in flight may read or write client memory: none may outlive the call.
                 with contextlib.suppress(CudaError):
                     self._sync()
                 raise
             synced = time.perf_counter_ns()
-            collected = self._collect(outputs)
+            collected = self._collect(outputs, lent)
             done = time.perf_counter_ns()
             h2d, infer, d2h = self._event_times()
         # GPU work is timed by CUDA events; host staging by the clock.
@@ -250,17 +270,22 @@ class TensorRTInstance(ModelInstance):
 
     def _plan_outputs(
         self, output_names: Sequence[str], targets: Mapping[str, Sequence[RowTarget]]
-    ) -> dict[str, OutputPlan]:
-        plans = {}
+    ) -> tuple[dict[str, OutputPlan], dict[str, LentBuffer]]:
+        """Each output's plan, and the pooled buffers that outputs coming back are copied into."""
+        plans, lent = {}, {}
         for name in output_names:
             tensor = self._tensors.get(name)
             if tensor is None or tensor.is_input:
                 raise InvalidArgument(f"model '{self._model}': no output named '{name}'")
             shape = tuple(int(d) for d in self._context.get_tensor_shape(name))
-            plans[name] = plan_output(
-                name, tensor.dtype, shape, targets.get(name, ()), self._device, self._own[name]
-            )
-        return plans
+            own = self._own[name]
+            rows = targets.get(name, ())
+            buffer = None if rows else self._pools[name].lend()
+            if buffer is not None:
+                own = OwnBuffers(own.device, buffer.address)
+                lent[name] = buffer
+            plans[name] = plan_output(name, tensor.dtype, shape, rows, self._device, own)
+        return plans, lent
 
     def _enqueue(self, inputs: Mapping[str, InputPlan], outputs: Mapping[str, OutputPlan]) -> None:
         """Input copies, the engine, output copies, all on the stream, between four events."""
@@ -292,11 +317,17 @@ class TensorRTInstance(ModelInstance):
             self._issue(written.copies)
         self._record(3)
 
-    def _collect(self, plans: Mapping[str, OutputPlan]) -> dict[str, np.ndarray | PlacedOutput]:
+    def _collect(
+        self, plans: Mapping[str, OutputPlan], lent: Mapping[str, LentBuffer]
+    ) -> dict[str, np.ndarray | PlacedOutput]:
         outputs: dict[str, np.ndarray | PlacedOutput] = {}
         for name, plan in plans.items():
             if not plan.returned:
                 outputs[name] = PlacedOutput(plan.dtype, plan.shape)
+                continue
+            if name in lent:
+                # The output was copied into a buffer of its own: handed on without a copy.
+                outputs[name] = lent[name].array(plan.dtype, plan.shape)
                 continue
             nbytes = math.prod(plan.shape) * plan.dtype.itemsize
             view = host_view(self._buffers.host[name], nbytes)
@@ -328,6 +359,13 @@ class TensorRTInstance(ModelInstance):
     def _record(self, index: int) -> None:
         cuda_call("cudaEventRecord", self._rt.cudaEventRecord, self._events[index], self._stream)
 
+    def _wait(self) -> None:
+        """Wait for everything `_enqueue` put on the stream (it ends with event 3)."""
+        if self._blocking_wait:
+            cuda_call("cudaEventSynchronize", self._rt.cudaEventSynchronize, self._events[3])
+        else:
+            self._sync()
+
     def _sync(self) -> None:
         cuda_call("cudaStreamSynchronize", self._rt.cudaStreamSynchronize, self._stream)
 
@@ -355,6 +393,8 @@ class TensorRTInstance(ModelInstance):
         if self._stream is not None:
             attempt(errors, "cudaStreamSynchronize", rt.cudaStreamSynchronize, self._stream)
         self._context = None
+        for pool in self._pools.values():
+            pool.close()
         self._buffers.free(rt, errors)
         for event in self._events:
             attempt(errors, "cudaEventDestroy", rt.cudaEventDestroy, event)

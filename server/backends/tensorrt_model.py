@@ -40,8 +40,12 @@ class TensorRTModel(LoadedModel):
         lease: LeanRuntimeLease | None,
         runtimes: LeanCache,
         device_id: int,
+        *,
+        blocking_wait: bool = False,
     ) -> None:
+        """`blocking_wait`: instances sleep while the GPU works instead of spinning."""
         self.name = name
+        self._blocking_wait = blocking_wait
         self.path = path
         self.route = route
         self._plan = plan
@@ -91,7 +95,9 @@ class TensorRTModel(LoadedModel):
         except ServerError as e:
             raise prefixed(e, self.name) from None
         engine = self._engine(placement.device_id)
-        instance = TensorRTInstance(self.name, engine, self.tensors, placement)
+        instance = TensorRTInstance(
+            self.name, engine, self.tensors, placement, blocking_wait=self._blocking_wait
+        )
         with self._lock:
             self._instances.append(instance)
         return instance
@@ -124,16 +130,28 @@ class TensorRTModel(LoadedModel):
         mark = RECORDER.mark()
         if self.route.kind is RouteKind.LEAN:
             assert self._lease is not None
-            engine = self._lease.runtime.deserialize_cuda_engine(self._plan)
+            if self.route.host_code:
+                engine = self._runtimes.deserialize_with_host_code(self._plan, self._lease.runtime)
+            else:
+                engine = self._lease.runtime.deserialize_cuda_engine(self._plan)
         else:
             engine = self._runtimes.deserialize_with_host_code(self._plan)
         if engine is None:
             said = "; ".join(RECORDER.errors_since(mark)) or "no message from TensorRT"
-            raise FailedPrecondition(
+            raise DeserializationFailed(
                 f"model '{self.name}': TensorRT could not deserialize {self.path} with "
-                f"{self.route.describe()}: {said}"
+                f"{self.route.describe()}: {said}",
+                said,
             )
         return engine
+
+
+class DeserializationFailed(FailedPrecondition):
+    """TensorRT gave no engine for the plan; `tensorrt_said` holds its own words."""
+
+    def __init__(self, message: str, tensorrt_said: str = "") -> None:
+        super().__init__(message)
+        self.tensorrt_said = tensorrt_said
 
 
 def prefixed(error: ServerError, name: str) -> ServerError:

@@ -15,22 +15,34 @@ import subprocess
 import sys
 from pathlib import Path
 
+from trtserve.server.backends.tensorrt_model import DeserializationFailed
 from trtserve.server.errors import FailedPrecondition
 
 # Run as a module in a fresh interpreter: the parent never imports it.
 CHILD_MODULE = "trtserve.server.backends.tensorrt_probe_child"
+# The child's last stderr line when TensorRT gave no engine, before TensorRT's own words.
+SAID_PREFIX = "tensorrt said: "
 
 
 def probe_plan(
-    plan: Path, lean_library: Path | None, device_id: int, timeout_s: float = 120.0
+    plan: Path,
+    lean_library: Path | None,
+    device_id: int,
+    timeout_s: float = 120.0,
+    *,
+    host_code: bool = False,
 ) -> None:
     """Raise FailedPrecondition unless a child process deserializes `plan` cleanly.
 
-    `lean_library` None means the plan carries its own lean runtime (host code allowed).
+    `lean_library` None means the plan carries its own lean runtime (host code allowed);
+    `host_code` allows the plugin library of a plan loaded by a lean runtime. When TensorRT
+    gives no engine, the error is DeserializationFailed with TensorRT's words.
     """
     command = [sys.executable, "-m", CHILD_MODULE, str(plan), "--device", str(device_id)]
     if lean_library is not None:
         command += ["--lean", str(lean_library)]
+    if host_code:
+        command.append("--host-code")
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -40,7 +52,11 @@ def probe_plan(
         ) from None
     if done.returncode == 0:
         return
-    said = done.stderr.strip().splitlines()[-3:] if done.stderr.strip() else []
+    lines = done.stderr.strip().splitlines()
+    if lines and lines[-1].startswith(SAID_PREFIX):
+        words = lines[-1].removeprefix(SAID_PREFIX)
+        raise DeserializationFailed(f"{plan}: TensorRT could not deserialize it: {words}", words)
+    said = lines[-3:]
     if done.returncode < 0:
         name = signal.Signals(-done.returncode).name
         raise FailedPrecondition(

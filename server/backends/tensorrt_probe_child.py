@@ -3,7 +3,10 @@
 Exit 0: the plan loaded and ran; 3: TensorRT refused it with an error; a signal: it crashed.
 See tensorrt_probe, which runs this module and reads its exit.
 
-    python -m trtserve.server.backends.tensorrt_probe_child PLAN [--lean LIBRARY] [--device N]
+    python -m trtserve.server.backends.tensorrt_probe_child PLAN [--lean LIBRARY] [--host-code]
+        [--device N]
+
+When TensorRT gives no engine, the last line of stderr is SAID_PREFIX and TensorRT's own words.
 """
 
 from __future__ import annotations
@@ -16,26 +19,32 @@ from pathlib import Path
 import numpy as np
 
 from trtserve.server.backends.base import Placement
-from trtserve.server.backends.tensorrt_model import TensorRTModel
+from trtserve.server.backends.tensorrt_model import DeserializationFailed, TensorRTModel
+from trtserve.server.backends.tensorrt_probe import SAID_PREFIX
 from trtserve.server.errors import ServerError
 from trtserve.server.runtime.lean_cache import LeanCache
 from trtserve.server.runtime.plan_header import read_plan_header
 from trtserve.server.runtime.routing import Route, RouteKind
+from trtserve.server.runtime.trust import TrustDecision
 from trtserve.server.specs import DeviceKind
 
 # Exit status of a child that refused the plan with an error (as opposed to crashing).
 _REFUSED = 3
 
 
-def _load_and_run(plan: Path, lean: Path | None, device_id: int) -> int:
+def _load_and_run(plan: Path, lean: Path | None, host_code: bool, device_id: int) -> int:
     """What the server does with a plan, once: load, one instance, one inference of zeros."""
     data = plan.read_bytes()
     version = read_plan_header(data).version
     cache = LeanCache()
+    # The parent decided the plan is trusted before starting this process.
+    trusted = TrustDecision(True, "", "trusted by the server that started this probe")
+    trust = trusted if host_code or lean is None else None
     if lean is None:
-        route, lease = Route(RouteKind.EMBEDDED_LEAN, version), None
+        route, lease = Route(RouteKind.EMBEDDED_LEAN, version, trust=trust), None
     else:
-        route, lease = Route(RouteKind.LEAN, version, lean), cache.acquire(version, lean)
+        route = Route(RouteKind.LEAN, version, lean, trust)
+        lease = cache.acquire(version, lean)
     model = TensorRTModel("probe", plan, data, route, lease, cache, device_id)
     instance = model.create_instance(Placement(DeviceKind.GPU, device_id, 0))
     inputs = {
@@ -53,10 +62,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("plan", type=Path)
     parser.add_argument("--lean", type=Path, help="lean runtime library (none: embedded)")
+    parser.add_argument(
+        "--host-code", action="store_true", help="allow the plan's plugin library to load"
+    )
     parser.add_argument("--device", type=int, default=0)
     args = parser.parse_args()
     try:
-        status = _load_and_run(args.plan, args.lean, args.device)
+        status = _load_and_run(args.plan, args.lean, args.host_code, args.device)
+    except DeserializationFailed as error:
+        print(SAID_PREFIX + error.tensorrt_said.replace("\n", " "), file=sys.stderr)
+        status = _REFUSED
     except ServerError as error:
         print(str(error), file=sys.stderr)
         status = _REFUSED

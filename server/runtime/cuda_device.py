@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from trtserve.server.errors import FailedPrecondition, Internal
@@ -86,6 +87,29 @@ def require_device(device_id: int) -> None:
             f"CUDA device {device_id} does not exist: this process sees {count} device(s)"
             + (f" (ids 0..{count - 1})" if count else "")
         )
+
+
+@dataclass(frozen=True)
+class DeviceDescription:
+    """What a plan's compatibility is checked against: a device's name and compute capability."""
+
+    device_id: int
+    name: str
+    compute_capability: tuple[int, int]
+
+    def describe(self) -> str:
+        major, minor = self.compute_capability
+        return f"device {self.device_id} ({self.name}, compute capability {major}.{minor})"
+
+
+def describe_device(device_id: int) -> DeviceDescription:
+    """The name and compute capability of a visible device (see require_device)."""
+    rt = require_cudart()
+    props = cuda_call(
+        f"cudaGetDeviceProperties({device_id})", rt.cudaGetDeviceProperties, device_id
+    )
+    name = _text(props.name).split("\x00", 1)[0].strip() or "unnamed GPU"
+    return DeviceDescription(device_id, name, (int(props.major), int(props.minor)))
 
 
 @contextmanager

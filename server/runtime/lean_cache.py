@@ -119,12 +119,16 @@ class LeanCache:
                 self._dispatch = runtime
             return self._dispatch
 
-    def deserialize_with_host_code(self, plan: bytes) -> Any:
-        """Deserialize a plan that embeds its lean runtime, allowing host code for this call only.
+    def deserialize_with_host_code(self, plan: bytes, runtime: Any = None) -> Any:
+        """Deserialize a plan that carries host code, allowing it for this call only.
 
-        The caller has checked that the plan is trusted. Returns None on failure, as TensorRT.
+        `runtime` is the lean runtime for a plan with a plugin library; the default, the
+        dispatch runtime, is for a plan that embeds its lean runtime. The caller has checked
+        that the plan is trusted. Returns None on failure, as TensorRT.
         """
-        runtime = self.dispatch_runtime()
+        if runtime is None:
+            runtime = self.dispatch_runtime()
+        # One lock for every runtime: host code is allowed for exactly one call at a time.
         with self._dispatch_lock:
             runtime.engine_host_code_allowed = True
             try:

@@ -24,6 +24,12 @@ from pathlib import Path
 from typing import Any
 
 MAGIC = 0x74727466
+# A bare engine ("ptrt"), without the container every TensorRT from 8.6 on writes around it.
+LEGACY_MAGIC = 0x74727470
+# In a bare engine the version follows the engine's own header as four u8 fields, each tagged
+# 0x00010002 in a TensorRT 8.0.1.6 engine and 0x00018002 in the engine sections of 8.6 and later.
+_BARE_VERSION_AT = (20, 24)
+_BARE_U8_TAGS = (0x00010002, 0x00018002)
 FOOTER = 0x8B8D8B99
 # Seen in 10.x and 11.x plans built on Linux; 8.6 plans have 0 here.
 PLATFORM_LINUX = 0x74727472
@@ -50,6 +56,38 @@ _VERSION_TEXT = re.compile(r"^(\d+)\.(\d+)\.(\d+)\.(\d+)$")
 
 class PlanHeaderError(ValueError):
     """The bytes are not a readable TensorRT plan; the message says what is wrong."""
+
+
+class LegacyEngineError(PlanHeaderError):
+    """A bare engine from before TensorRT 8.6: no runtime here loads it.
+
+    `version` is the TensorRT version the engine records, or None when it cannot be read.
+    """
+
+    def __init__(self, version: TrtVersion | None, where: str = "") -> None:
+        prefix = f"{where}: " if where else ""
+        if version is not None and (version.major, version.minor) >= MIN_VERSION:
+            message = (
+                f"a bare TensorRT {version} engine section, without the 'ftrt' plan container "
+                "that TensorRT writes around it (an engine cut out of a plan file?): serve the "
+                "whole plan file as TensorRT wrote it"
+            )
+        else:
+            built = f"TensorRT {version}" if version is not None else "a TensorRT older than 8.6"
+            message = (
+                "a TensorRT engine in the format before 8.6 (it starts with 'ptrt', without the "
+                f"'ftrt' plan container), built with {built}: it is not version-compatible, "
+                "since version-compatible plans exist only since 8.6, so no lean runtime can "
+                "load it. Rebuild it with TensorRT 8.6 or later with the VERSION_COMPATIBLE "
+                "flag, or serve it with the full TensorRT it was built with"
+            )
+        super().__init__(prefix + message)
+        self.version = version
+
+    @property
+    def before_version_compatibility(self) -> bool:
+        """True unless the engine records a version of 8.6 or later."""
+        return self.version is None or (self.version.major, self.version.minor) < MIN_VERSION
 
 
 @dataclass(frozen=True, order=True)
@@ -112,6 +150,11 @@ class PlanHeader:
         return any(e.tag == TAG_PLUGINS for e in self.entries)
 
     @property
+    def has_host_code(self) -> bool:
+        """True when loading the plan runs code it carries (a lean runtime or plugin library)."""
+        return self.has_lean_runtime or self.has_plugins
+
+    @property
     def tags(self) -> tuple[str, ...]:
         return tuple(e.tag for e in self.entries)
 
@@ -150,8 +193,27 @@ def read_plan_header_file(path: str | os.PathLike[str]) -> PlanHeader:
         raise PlanHeaderError(f"{path}: cannot read: {e.strerror or e}") from e
     try:
         return _parse(memoryview(head + table), size, footer)
+    except LegacyEngineError as e:
+        raise LegacyEngineError(e.version, where=str(path)) from None
     except PlanHeaderError as e:
         raise PlanHeaderError(f"{path}: {e}") from None
+
+
+def read_engine_section(path: str | os.PathLike[str], header: PlanHeader) -> bytes:
+    """The bytes of the plan file's ENGN entry (the header was read from the same file)."""
+    engine = next(e for e in header.entries if e.tag == TAG_ENGINE)
+    try:
+        with Path(path).open("rb") as f:
+            f.seek(engine.offset)
+            return f.read(engine.size)
+    except OSError as e:
+        raise PlanHeaderError(f"{path}: cannot read: {e.strerror or e}") from e
+
+
+def engine_section(data: bytes, header: PlanHeader) -> memoryview:
+    """The ENGN entry of a plan held in memory, without a copy."""
+    engine = next(e for e in header.entries if e.tag == TAG_ENGINE)
+    return memoryview(data)[engine.offset : engine.end]
 
 
 def _table_size(head: bytes) -> int:
@@ -202,11 +264,27 @@ def _check_magic(head: memoryview) -> None:
     if len(head) < 4:
         raise PlanHeaderError(f"not a TensorRT plan: only {len(head)} bytes")
     magic = struct.unpack_from("<I", head, 0)[0]
+    if magic == LEGACY_MAGIC:
+        raise LegacyEngineError(_legacy_version(bytes(head)))
     if magic != MAGIC:
         raise PlanHeaderError(
             f"not a TensorRT plan: expected magic 0x{MAGIC:08x} ('ftrt') at offset 0, "
             f"found 0x{magic:08x}"
         )
+
+
+def _legacy_version(head: bytes) -> TrtVersion | None:
+    for start in _BARE_VERSION_AT:
+        for tag in _BARE_U8_TAGS:
+            parts = []
+            for i in range(4):
+                at = start + 5 * i
+                if at + 5 > len(head) or struct.unpack_from("<I", head, at)[0] != tag:
+                    break
+                parts.append(head[at + 4])
+            if len(parts) == 4:
+                return TrtVersion(*parts)
+    return None
 
 
 def _check_size(total: int, size: int) -> None:

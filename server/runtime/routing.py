@@ -4,7 +4,8 @@ A plan without a `LEAN` entry deserializes only through the lean runtime of exac
 version; anything else gives TensorRT's opaque "Engine deserialization failed", so a missing
 version is reported here, by name, with the command that installs it. A plan with a `LEAN`
 entry is deserialized by the dispatch runtime running the plan's own host code, which is
-allowed only for trusted plans.
+allowed only for trusted plans. So is a plan with a `PLGN` entry (a plugin library TensorRT
+loads from the plan), deserialized by the lean runtime of its version with host code allowed.
 """
 
 from __future__ import annotations
@@ -36,8 +37,13 @@ class Route:
     version: TrtVersion
     # The lean library to load (LEAN routes only).
     library: Path | None = None
-    # Why the plan may run host code (EMBEDDED_LEAN routes only).
+    # Why the plan may run host code (EMBEDDED_LEAN routes and plans that carry plugins).
     trust: TrustDecision | None = None
+
+    @property
+    def host_code(self) -> bool:
+        """True when TensorRT must be allowed to run code the plan carries."""
+        return self.trust is not None
 
     def describe(self) -> str:
         if self.kind is RouteKind.LEAN:
@@ -68,7 +74,7 @@ def route_plan(header: PlanHeader, store: LeanStore, trust: TrustDecision | None
     FailedPrecondition when a plan with host code is not trusted.
     """
     if header.has_lean_runtime:
-        return _embedded_route(header, trust)
+        return Route(RouteKind.EMBEDDED_LEAN, header.version, trust=_trusted(trust, "lean runtime"))
     library = store.path_for(header.version)
     if library is None:
         raise Unavailable(
@@ -76,6 +82,8 @@ def route_plan(header: PlanHeader, store: LeanStore, trust: TrustDecision | None
             f"exactly that version, which is not installed in {store.root}; install it with "
             f"`{install_command(header.version)}`"
         )
+    if header.has_plugins:
+        return Route(RouteKind.LEAN, header.version, library, _trusted(trust, "plugin library"))
     return Route(RouteKind.LEAN, header.version, library=library)
 
 
@@ -96,6 +104,8 @@ def preview_route(header: PlanHeader, store: LeanStore) -> RoutePreview:
         hint = f"run `{install_command(header.version)}` (runtimes folder {store.root})"
     else:
         hint = f"installed at {library}"
+    if header.has_plugins:
+        hint += "; the plan carries a plugin library (host code): it loads only when trusted"
     return RoutePreview(
         RouteKind.LEAN,
         header.version,
@@ -106,12 +116,12 @@ def preview_route(header: PlanHeader, store: LeanStore) -> RoutePreview:
     )
 
 
-def _embedded_route(header: PlanHeader, trust: TrustDecision | None) -> Route:
+def _trusted(trust: TrustDecision | None, what: str) -> TrustDecision:
     if trust is None:
         raise FailedPrecondition(
-            "the plan embeds a lean runtime (host code) and no trust decision was made for it; "
+            f"the plan embeds a {what} (host code) and no trust decision was made for it; "
             "it is refused"
         )
     if not trust.trusted:
         raise FailedPrecondition(trust.reason)
-    return Route(RouteKind.EMBEDDED_LEAN, header.version, trust=trust)
+    return trust

@@ -1,6 +1,7 @@
-"""Which plans may run host code: those that embed their lean runtime (a `LEAN` entry).
+"""Which plans may run host code: those that embed their lean runtime (a `LEAN` entry) or a
+plugin library (a `PLGN` entry).
 
-Such a plan is a program, not data: TensorRT's dispatch runtime runs the embedded library when
+Such a plan is a program, not data: TensorRT runs the embedded library when
 `engine_host_code_allowed` is set. A plan is trusted when its sha256 is on the allowlist or it
 comes with an ed25519 signature (`<plan>.sig`: 64 raw bytes or their base64) by a configured
 key. `cryptography` is imported only when a key or signature is used.
@@ -173,7 +174,8 @@ class TrustPolicy:
                 f"against any of the {len(self.public_keys)} configured ed25519 key(s)"
             )
         return (
-            "the plan embeds a lean runtime (host code that would run in the server) and is "
+            "the plan carries host code (an embedded lean runtime or plugin library, code that "
+            "would run in the server) and is "
             f"not trusted: {why}. To trust it, add its sha256 {digest} to the allowlist, or "
             f"sign it with a configured ed25519 key and put the signature beside it as "
             f"<plan>{SIGNATURE_SUFFIX}"

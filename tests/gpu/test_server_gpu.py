@@ -503,3 +503,10 @@ def test_corrupt_payloads_reach_tensorrt_and_never_crash_the_server(
         stop(proc, "corrupt payloads")
     refused = [o for o in outcomes if o["status"] != "OK"]
     assert all(o["status"] == "FAILED_PRECONDITION" for o in refused), refused
+    # TensorRT's words come once, at the end, after what was tried and the likely causes.
+    for o in refused:
+        if ENGINE_FAILURE in o["message"]:
+            assert o["message"].count(ENGINE_FAILURE) == 1, o
+            assert "Tried: lean runtime 11.0.0.114" in o["message"], o
+            assert "Likely causes" in o["message"] and "damaged" in o["message"], o
+            assert o["message"].endswith(ENGINE_FAILURE), o

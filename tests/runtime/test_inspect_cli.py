@@ -139,3 +139,44 @@ def test_runtimes_install_from_a_wheel_file(
     assert run(*argv) == 1
     assert "has no sha256 in RECORD" in capsys.readouterr().err
     assert not (root / "11.0.0.114").exists()
+
+
+ALL_PLANS = sorted(
+    [f"conv_relu_trt{v}.plan" for v in ("11.0.0.114", "10.0.1.6", "10.0.0.6", "8.6.1.6")]
+    + [
+        f"more/{name}.plan"
+        for name in (
+            "autoencoder_fp16_trt10.15.1.29_not_vc",
+            "mnist_trt10.5.0.18",
+            "addscalar_plugin_trt10.0.1.6",
+            "matmul_hc_part1_trt8.6.1.6",
+            "matmul_hc_part2_trt8.6.1.6",
+            "identity_trt8.6.1.6",
+            "linear_sm90_trt8.6.1.6",
+            "legacy_ptrt_format",
+        )
+    ]
+)
+
+
+@pytest.mark.parametrize("name", ALL_PLANS)
+def test_inspect_answers_for_every_real_plan(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = plans_dir() / name
+    if not path.is_file():
+        pytest.skip(f"real plan {path} not present")
+    assert run("inspect", str(path), "--json", "--runtimes-dir", str(tmp_path)) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["version_compatible"] in (True, False, None)
+    assert data["hardware_compatibility"] in ("none", "ampere_plus", "same_compute_capability")
+    assert data["version_compatible_reason"] and data["hardware_compatibility_reason"]
+    legacy = name.endswith("legacy_ptrt_format.plan")
+    # Known not version-compatible only where the plan proves it; never "true" without LEAN.
+    assert data["version_compatible"] is (False if legacy else None)
+    assert (data["refused"] is not None) == (legacy or "plugin" in name)
+    assert run("inspect", str(path), "--runtimes-dir", str(tmp_path)) == 0
+    text = capsys.readouterr().out
+    assert "version-compatible:" in text and "hardware compatibility:" in text
+    if data["version_compatible"] is None and data["refused"] is None:
+        assert ", if the plan is version-compatible" in text

@@ -95,3 +95,20 @@ def test_backend_without_gpu_is_unavailable(tmp_path: Path) -> None:
     if plan.is_file():
         with pytest.raises(Unavailable, match="model 'm': no CUDA device"):
             backend.load(plan, ModelSettings(name="m", platform="tensorrt_plan"))
+
+
+def test_a_plan_carrying_a_plugin_library_needs_trust(tmp_path: Path) -> None:
+    library = install_fake(tmp_path, "11.0.0.114")
+    store = LeanStore(tmp_path)
+    refused = TrustDecision(False, "ab" * 32, "not trusted: add its sha256 abab... or sign it")
+    with pytest.raises(FailedPrecondition, match="not trusted"):
+        route_plan(header("ENGN", "PLGN"), store, refused)
+    with pytest.raises(FailedPrecondition, match="embeds a plugin library"):
+        route_plan(header("ENGN", "PLGN"), store, None)
+    trusted = TrustDecision(True, "ab" * 32, "its sha256 is on the allowlist")
+    route = route_plan(header("ENGN", "PLGN"), store, trusted)
+    # Its own lean runtime loads it, with host code allowed for that one call.
+    assert route.kind is RouteKind.LEAN and route.library == library
+    assert route.host_code
+    assert not route_plan(header("ENGN"), store, None).host_code
+    assert "plugin library" in preview_route(header("ENGN", "PLGN"), store).hint
