@@ -41,8 +41,13 @@ def deserialize_bytes(name: str, raw: bytes | memoryview, count: int) -> np.ndar
         raise TensorDataError(str(error)) from None
 
 
-def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> np.ndarray:
-    """Decode raw tensor bytes; numeric data is a zero-copy, read-only view of `raw`."""
+def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> np.ndarray:
+    """Decode raw tensor bytes; numeric data is a zero-copy, read-only view of `raw`.
+
+    Unless `raw` is not aligned for the datatype (a view into a received message may start
+    anywhere): then it is copied once, since libraries that read the array may expect
+    aligned data.
+    """
     dt = from_name(datatype)
     count = element_count(shape)
     if dt.name == "BYTES":
@@ -53,7 +58,8 @@ def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> np.n
             f"input '{name}': raw data of {datatype} shape {list(shape)} must be "
             f"{expected} bytes, received {len(raw)}"
         )
-    return np.frombuffer(raw, dtype=dt.dtype).reshape(tuple(shape))
+    array = np.frombuffer(raw, dtype=dt.dtype).reshape(tuple(shape))
+    return array if array.flags.aligned else array.copy()
 
 
 def from_contents(

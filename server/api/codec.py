@@ -51,7 +51,7 @@ class CheckedRequest(NamedTuple):
     model: ServingModel
     headers: list[_Input]
     # Raw data of the inputs sent inline, in the order of `inputs` (references have none).
-    raw: list[bytes]
+    raw: list[bytes | memoryview]
     deadline: float | None
     # Decoding builds objects per element (BYTES, typed contents) for this many elements.
     per_element: int
@@ -90,9 +90,16 @@ def check_request(
     model: ServingModel,
     deadline: float | None,
     limits: RequestLimits,
+    raw_inputs: Sequence[bytes | memoryview] | None = None,
 ) -> CheckedRequest:
-    """Validate a request's headers against the model and the limits, decoding nothing."""
-    raw = list(request.raw_input_contents)
+    """Validate a request's headers against the model and the limits, decoding nothing.
+
+    `raw_inputs` are the request's raw input tensors when they were taken out of the message
+    as it was parsed (infer_wire); None reads them from the message.
+    """
+    raw: list[bytes | memoryview] = list(
+        request.raw_input_contents if raw_inputs is None else raw_inputs
+    )
     headers = [_header(t, bool(raw)) for t in request.inputs]
     _check_raw_layout(headers, raw)
     _check_input_names(headers, model)
@@ -249,7 +256,7 @@ def _response_parts(
     return reply, views
 
 
-def _check_raw_layout(headers: Sequence[_Input], raw: Sequence[bytes]) -> None:
+def _check_raw_layout(headers: Sequence[_Input], raw: Sequence[bytes | memoryview]) -> None:
     inline = sum(1 for h in headers if h.reference is None)
     if raw and len(raw) != inline:
         raise InvalidArgument(
@@ -383,7 +390,7 @@ def _decode_tensor(
     index: int,
     raw_index: int,
     header: _Input,
-    raw: Sequence[bytes],
+    raw: Sequence[bytes | memoryview],
 ) -> np.ndarray:
     shape = header.shape
     try:

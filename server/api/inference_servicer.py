@@ -18,6 +18,7 @@ from trtserve.server.api.codec import (
     encode_response,
     encode_response_bytes,
 )
+from trtserve.server.api.infer_wire import InferMessage
 from trtserve.server.api.registration import UndecodableRequest, require_message
 from trtserve.server.api.statistics import model_statistics
 from trtserve.server.api.status import client_message
@@ -179,7 +180,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.CudaSharedMemoryUnregisterResponse()
 
     async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: InferMessage, context: grpc.aio.ServicerContext[Any, Any]
     ) -> bytes:
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
@@ -187,7 +188,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(
         self,
-        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        request_iterator: AsyncIterator[InferMessage | UndecodableRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         # Requests run concurrently; responses go back as they finish, matched by `id`. A
@@ -211,7 +212,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _read_stream(
         self,
-        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        request_iterator: AsyncIterator[InferMessage | UndecodableRequest],
         replies: asyncio.Queue[pb.ModelStreamInferResponse | None],
         slots: asyncio.Semaphore,
     ) -> None:
@@ -238,7 +239,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _stream_one(
         self,
-        request: pb.ModelInferRequest | UndecodableRequest,
+        request: InferMessage | UndecodableRequest,
         replies: asyncio.Queue[pb.ModelStreamInferResponse | None],
     ) -> None:
         """Answer one request of a stream; every failure becomes its error response."""
@@ -251,15 +252,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(
         self,
-        request: pb.ModelInferRequest,
+        parsed: InferMessage,
         deadline: float | None,
         encode: Callable[[pb.ModelInferRequest, ServingModel, InferenceResponse], Reply],
         context: grpc.aio.ServicerContext[Any, Any] | None = None,
     ) -> Reply:
         limits = self._plane.limits
+        request = parsed.message
 
         def prepare(model: ServingModel) -> CheckedRequest:
-            return check_request(request, model, deadline, limits)
+            return check_request(request, model, deadline, limits, parsed.raw)
 
         def encode_reply(model: ServingModel, response: InferenceResponse) -> Reply:
             return encode(request, model, response)
@@ -284,12 +286,13 @@ def _when_done(context: grpc.aio.ServicerContext[Any, Any]) -> WhenDone:
 
 
 def _stream_error(
-    request: pb.ModelInferRequest | UndecodableRequest, error: Exception
+    parsed: InferMessage | UndecodableRequest, error: Exception
 ) -> pb.ModelStreamInferResponse:
     """The error response of a stream request: what is known of the request, and why."""
-    if isinstance(request, UndecodableRequest):
+    if isinstance(parsed, UndecodableRequest):
         # Nothing of the message is known: the response's id and model stay empty.
         return pb.ModelStreamInferResponse(error_message=client_message(error, "ModelStreamInfer"))
+    request = parsed.message
     return pb.ModelStreamInferResponse(
         error_message=client_message(error, f"ModelStreamInfer request id '{request.id}'"),
         infer_response=pb.ModelInferResponse(

@@ -18,8 +18,11 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
+from trtserve.server.api.infer_wire import parse_infer_request
 from trtserve.server.api.status import with_statuses
 from trtserve.server.errors import InvalidArgument
+
+INFER_REQUEST = "inference.ModelInferRequest"
 
 
 @dataclass(frozen=True)
@@ -57,9 +60,14 @@ def _parsed(inner: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _tolerant_parser(message_class: type[Message]) -> Callable[[bytes], Any]:
+    from_bytes: Callable[[bytes], Any] = message_class.FromString
+    if message_class.DESCRIPTOR.full_name == INFER_REQUEST:
+        # Inference requests keep their tensors as views of the received bytes (infer_wire).
+        from_bytes = parse_infer_request
+
     def parse(data: bytes) -> Any:
         try:
-            return message_class.FromString(data)
+            return from_bytes(data)
         except (DecodeError, RuntimeWarning, ValueError) as error:
             return UndecodableRequest(message_class.DESCRIPTOR.full_name, str(error) or "invalid")
 

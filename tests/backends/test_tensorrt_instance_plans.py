@@ -47,6 +47,8 @@ class FakeCudart:
 
     cudaStreamNonBlocking: int = 1
     cudaHostAllocDefault: int = 0
+    cudaEventDefault: int = 0
+    cudaEventBlockingSync: int = 1
     cudaHostRegisterPortable: int = 1
     cudaMemcpyKind: type = _Kinds
     live: dict[int, np.ndarray] = field(default_factory=dict)
@@ -83,8 +85,11 @@ class FakeCudart:
     def cudaStreamCreateWithFlags(self, flags: int) -> tuple[int, int]:
         return 0, 7
 
-    def cudaEventCreate(self) -> tuple[int, object]:
+    def cudaEventCreateWithFlags(self, flags: int) -> tuple[int, object]:
         return 0, object()
+
+    def cudaEventSynchronize(self, event: object) -> tuple[int]:
+        return (0,)
 
     def cudaEventRecord(self, event: object, stream: int) -> tuple[int]:
         return (0,)
@@ -220,6 +225,23 @@ def test_plain_host_input_is_staged_and_the_output_returned(rig: Rig) -> None:
     assert rig.kinds() == ["h2d", "d2h"]
     assert rig.bound == rig.own
     assert result.timings.compute_infer_ns > 0
+
+
+def test_an_output_held_by_a_reply_is_not_overwritten_by_the_next_execution(rig: Rig) -> None:
+    first = rig.instance.execute({"x": x_of(2)}, ["y"]).outputs["y"]
+    second = rig.instance.execute({"x": x_of(2, start=100)}, ["y"]).outputs["y"]
+    assert isinstance(first, np.ndarray) and isinstance(second, np.ndarray)
+    # Each came back in a pooled buffer of its own, copied there straight from the GPU.
+    assert np.array_equal(first, 2 * x_of(2) + 1)
+    assert np.array_equal(second, 2 * x_of(2, start=100) + 1)
+    assert not np.shares_memory(first, second)
+    d2h = [c for c in rig.rt.copies if c[0] == "d2h"]
+    assert d2h[0][1] == first.ctypes.data and d2h[1][1] == second.ctypes.data
+    # A buffer no reply holds any more is lent again.
+    address = first.ctypes.data
+    del first
+    third = rig.instance.execute({"x": x_of(2)}, ["y"]).outputs["y"]
+    assert isinstance(third, np.ndarray) and third.ctypes.data == address
 
 
 def test_pinned_host_input_is_copied_from_its_own_address(rig: Rig) -> None:

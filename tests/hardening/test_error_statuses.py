@@ -45,7 +45,9 @@ class FailingInference(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(self, requests: Any, context: Any) -> AsyncIterator[Any]:
         async for request in requests:
-            yield pb.ModelStreamInferResponse(infer_response=pb.ModelInferResponse(id=request.id))
+            # Inference requests arrive parsed by infer_wire: the message and its raw tensors.
+            reply = pb.ModelInferResponse(id=request.message.id)
+            yield pb.ModelStreamInferResponse(infer_response=reply)
             raise RuntimeError(SECRET)
 
 

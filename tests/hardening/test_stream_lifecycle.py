@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from trtserve.protocol import grpc_service_pb2 as pb
+from trtserve.server.api.infer_wire import InferMessage
 from trtserve.server.api.inference_servicer import InferenceServicer
 from trtserve.server.app import request_limits
 from trtserve.server.dataplane.dataplane import DataPlane
@@ -40,22 +41,24 @@ class ScriptedServicer(InferenceServicer):
         super().__init__(plane)
         self.behaviour = behaviour
 
-    async def _infer(self, request: Any, deadline: Any, encode: Any) -> Any:
+    async def _infer(self, parsed: Any, deadline: Any, encode: Any) -> Any:
+        request = parsed.message
         await self.behaviour(request)
         return pb.ModelInferResponse(model_name=request.model_name, id=request.id)
 
 
-def request(request_id: str) -> pb.ModelInferRequest:
-    return pb.ModelInferRequest(model_name="m", id=request_id)
+def request(request_id: str) -> InferMessage:
+    """A stream request as the server parses it (infer_wire)."""
+    return InferMessage(pb.ModelInferRequest(model_name="m", id=request_id), ())
 
 
-async def from_list(requests: list[pb.ModelInferRequest]) -> AsyncIterator[pb.ModelInferRequest]:
+async def from_list(requests: list[InferMessage]) -> AsyncIterator[InferMessage]:
     for r in requests:
         yield r
 
 
 def stream(
-    servicer: InferenceServicer, requests: AsyncIterator[pb.ModelInferRequest]
+    servicer: InferenceServicer, requests: AsyncIterator[InferMessage]
 ) -> AsyncIterator[pb.ModelStreamInferResponse]:
     return servicer.ModelStreamInfer(requests, None)  # type: ignore[arg-type]
 
@@ -92,7 +95,7 @@ def test_requests_read_never_run_ahead_of_replies_taken_by_more_than_the_cap() -
     async def behaviour(r: pb.ModelInferRequest) -> None:
         return None
 
-    async def requests() -> AsyncIterator[pb.ModelInferRequest]:
+    async def requests() -> AsyncIterator[InferMessage]:
         nonlocal pulled
         for i in range(count):
             pulled += 1
@@ -128,7 +131,7 @@ def test_a_cancelled_stream_cancels_its_requests_and_leaves_no_task() -> None:
             cancelled.append(r.id)
             raise
 
-    async def requests() -> AsyncIterator[pb.ModelInferRequest]:
+    async def requests() -> AsyncIterator[InferMessage]:
         for i in range(3):
             yield request(str(i))
         await asyncio.Event().wait()  # a client that neither sends more nor closes

@@ -44,9 +44,11 @@ class Expected:
     plugins: tuple[PluginUse, ...] = ()
 
 
-# From the plans' READMEs: every ../shared/plans plan is AMPERE_PLUS; in more/ only the two
-# matmul_hc parts are. Compute capabilities as the READMEs name the build GPUs (A100 8.0, A40
-# and RTX 30xx 8.6, Ada 8.9, H100 9.0, RTX 5090 12.0).
+# Hardware levels as the plans' READMEs give them: every ../shared/plans plan is AMPERE_PLUS; in
+# more/ only the two matmul_hc parts are. The build GPU as each plan records it; where a README
+# names the GPU (A100 for the 8.6 conv plan, A40 for conv 10.0.1.6, RTX 5090 for 11.0, H100 for
+# linear_sm90, sm_86 for the autoencoder) the record agrees. The 10.0.0.6 plan records the same
+# GPU as the 10.0.1.6 one, where its README says RTX 3080 Ti (compute capability 8.6 as well).
 EXPECTED = {
     "conv_relu_trt11.0.0.114.plan": Expected("11.0.0.114", AMPERE_PLUS, ((12, 0), 170, 31)),
     "conv_relu_trt10.0.1.6.plan": Expected("10.0.1.6", AMPERE_PLUS, ((8, 6), 84, 44)),
