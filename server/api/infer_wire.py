@@ -5,7 +5,8 @@ one is read from it: two copies of every input tensor, made with the interpreter
 for bytes the server only needs to look at. Here the message's top-level fields are walked
 once; the raw entries become views of the received bytes and protobuf parses only the rest
 (a few hundred bytes of names, shapes and parameters). Anything the walk does not understand
-goes to protobuf whole, which accepts or refuses it as before.
+goes to protobuf whole, which accepts or refuses it as before. The walk is Python: for a small
+message, where the copies cost less than it does, protobuf parses everything.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from trtserve.protocol import grpc_service_pb2 as pb
 
 # ModelInferRequest.raw_input_contents (grpc_service.proto).
 RAW_INPUT_CONTENTS = 7
+# Below this size protobuf's copies cost less than walking the fields in Python (about 2 µs
+# against 7 µs for a request of two 64-byte tensors).
+SPLIT_FROM_BYTES = 64 << 10
 _VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
 
 
@@ -25,20 +29,24 @@ class WireError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class InferMessage:
-    """A parsed ModelInferRequest and its raw input tensors, views of the received bytes."""
+    """A parsed ModelInferRequest and its raw input tensors (for a large message, views of the
+    received bytes, no longer in `message`)."""
 
     message: pb.ModelInferRequest
-    raw: tuple[memoryview, ...]
+    raw: tuple[bytes | memoryview, ...]
 
 
 def parse_infer_request(data: bytes) -> InferMessage:
     """The request in `data`; raises protobuf's DecodeError for bytes that do not parse."""
-    try:
-        rest, raw = split_raw_inputs(data)
-    except WireError:
-        message = pb.ModelInferRequest.FromString(data)
-        return InferMessage(message, tuple(memoryview(r) for r in message.raw_input_contents))
-    return InferMessage(pb.ModelInferRequest.FromString(rest), raw)
+    if len(data) >= SPLIT_FROM_BYTES:
+        try:
+            rest, raw = split_raw_inputs(data)
+        except WireError:
+            pass
+        else:
+            return InferMessage(pb.ModelInferRequest.FromString(rest), raw)
+    message = pb.ModelInferRequest.FromString(data)
+    return InferMessage(message, tuple(message.raw_input_contents))
 
 
 def split_raw_inputs(data: bytes) -> tuple[bytes, tuple[memoryview, ...]]:

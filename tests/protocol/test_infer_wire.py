@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.protocol import tensors
+from trtserve.server.api import infer_wire
 from trtserve.server.api.infer_wire import parse_infer_request, split_raw_inputs
 
 names = st.text(min_size=0, max_size=12)
@@ -35,6 +36,12 @@ def requests(draw: st.DrawFn) -> pb.ModelInferRequest:
     return request
 
 
+@pytest.fixture(autouse=True)
+def split_every_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The walk runs on large messages only; here on every one, to test it on many."""
+    monkeypatch.setattr(infer_wire, "SPLIT_FROM_BYTES", 0)
+
+
 @settings(max_examples=300, deadline=None)
 @given(requests(), st.data())
 def test_the_same_message_and_tensors_as_protobuf_reads(
@@ -55,6 +62,18 @@ def test_the_same_message_and_tensors_as_protobuf_reads(
     del expected.raw_input_contents[:]
     assert parsed.message == expected
     assert not parsed.message.raw_input_contents
+
+
+def test_a_large_request_is_split_and_a_small_one_parsed_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(infer_wire, "SPLIT_FROM_BYTES", 1000)
+    small = pb.ModelInferRequest(model_name="m", raw_input_contents=[bytes(10)])
+    large = pb.ModelInferRequest(model_name="m", raw_input_contents=[bytes(2000)])
+    whole = parse_infer_request(small.SerializeToString())
+    assert whole.message == small and whole.raw == (bytes(10),)
+    split = parse_infer_request(large.SerializeToString())
+    assert not split.message.raw_input_contents and isinstance(split.raw[0], memoryview)
 
 
 def test_the_tensors_are_views_of_the_received_bytes() -> None:
