@@ -14,17 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from trtserve.protocol import grpc_service_pb2 as pb
+from trtserve.protocol.wire_fields import LENGTH_DELIMITED, WireError, fields
 
 # ModelInferRequest.raw_input_contents (grpc_service.proto).
 RAW_INPUT_CONTENTS = 7
 # Below this size protobuf's copies cost less than walking the fields in Python (about 2 µs
 # against 7 µs for a request of two 64-byte tensors).
 SPLIT_FROM_BYTES = 64 << 10
-_VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
-
-
-class WireError(ValueError):
-    """The bytes are not a message this walk can split (protobuf then decides)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,52 +46,20 @@ def parse_infer_request(data: bytes) -> InferMessage:
 
 
 def split_raw_inputs(data: bytes) -> tuple[bytes, tuple[memoryview, ...]]:
-    """The message without its raw_input_contents fields, and those fields' payloads in order."""
+    """The message without its raw_input_contents fields, and those fields' payloads in order.
+
+    WireError when the walk does not understand the bytes (see wire_fields).
+    """
     view = memoryview(data)
     kept: list[memoryview] = []
     raw: list[memoryview] = []
-    position, kept_from, end = 0, 0, len(data)
-    while position < end:
-        field_start = position
-        key, position = _varint(data, position)
-        number, wire_type = key >> 3, key & 7
-        if number == 0:
-            raise WireError("field number 0")
-        if wire_type == _LENGTH_DELIMITED:
-            length, position = _varint(data, position)
-            payload_end = position + length
-            if payload_end > end:
-                raise WireError("a field runs past the end")
-            if number == RAW_INPUT_CONTENTS:
-                kept.append(view[kept_from:field_start])
-                raw.append(view[position:payload_end])
-                kept_from = payload_end
-            position = payload_end
-        elif wire_type == _VARINT:
-            _, position = _varint(data, position)
-        elif wire_type == _FIXED64:
-            position += 8
-        elif wire_type == _FIXED32:
-            position += 4
-        else:
-            raise WireError(f"wire type {wire_type}")
-    if position != end:
-        raise WireError("a field runs past the end")
+    kept_from = 0
+    for field in fields(data):
+        if field.number == RAW_INPUT_CONTENTS and field.wire_type == LENGTH_DELIMITED:
+            kept.append(view[kept_from : field.start])
+            raw.append(view[field.value : field.end])
+            kept_from = field.end
     if not raw:
         return data, ()
     kept.append(view[kept_from:])
     return b"".join(kept), tuple(raw)
-
-
-def _varint(data: bytes, position: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while position < len(data):
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, position
-        shift += 7
-        if shift >= 64:
-            break
-    raise WireError("a varint runs past the end or is too long")
