@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"serving gRPC on ([^ ]+):(\d+)(?:, metrics on [^ ]+:(-?\d+))?")
+READY = re.compile(r"serving gRPC on ([^ ]+):(\d+)(?:, metrics (?:on [^ ]+:(\d+)|off))?")
 
 
 @dataclass

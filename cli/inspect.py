@@ -57,19 +57,25 @@ def run(args: argparse.Namespace) -> int:
             print(legacy_text_report(args.plan, e, legacy))
         return 0
     except PlanHeaderError as e:
-        print(f"trtserve inspect: {e}", file=sys.stderr)
-        return 1
+        return _failed(args, e)
     try:
         compatibility = assess(header, read_engine_section(args.plan, header))
     except PlanHeaderError as e:
-        print(f"trtserve inspect: {e}", file=sys.stderr)
-        return 1
+        return _failed(args, e)
     preview = preview_route(header, LeanStore(args.runtimes_dir))
     if args.json:
         print(json.dumps(report(args.plan, header, compatibility, preview), indent=2))
     else:
         print(text_report(args.plan, header, compatibility, preview))
     return 0
+
+
+def _failed(args: argparse.Namespace, error: PlanHeaderError) -> int:
+    """Exit 1 saying why; with --json also as JSON on stdout, where a script reads."""
+    print(f"trtserve inspect: {error}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"plan": str(args.plan), "error": str(error)}, indent=2))
+    return 1
 
 
 def report(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -26,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The status a shell gives a command killed by SIGPIPE (128 + 13).
+_BROKEN_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the arguments and run the chosen subcommand; the exit status."""
     args = build_parser().parse_args(argv)
@@ -35,6 +40,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Raised by every client command alike, so answered here once, as a usage error.
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`trtserve models list --json | head`): stop quietly, as
+        # command-line tools do. Python would report the pipe again when it flushes stdout
+        # at exit, so stdout is pointed at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return _BROKEN_PIPE
 
 
 if __name__ == "__main__":

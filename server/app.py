@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import signal
@@ -22,7 +23,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from trtserve.protocol import grpc_service_pb2, trtserve_pb2
 from trtserve.protocol.allocator import reuse_freed_memory
 from trtserve.server.api.auth import AccessGuard, AccessPolicy
-from trtserve.server.api.health import GuardedHealthServicer
+from trtserve.server.api.health import SERVER_HEALTH_NAMES, GuardedHealthServicer
 from trtserve.server.api.inference_servicer import InferenceServicer
 from trtserve.server.api.registration import add_service
 from trtserve.server.api.upload_servicer import UploadServicer
@@ -194,10 +195,24 @@ class ServerParts:
         address = f"{self.settings.bind_host}:{self.settings.grpc_port}"
         return bind_grpc(self.grpc_server, address, self.credentials)
 
+    async def abandon(self) -> None:
+        """Undo a start that failed part way: stop what started, remove the temporary
+        repository. Every step runs even when one before it fails."""
+        with contextlib.suppress(Exception):
+            await self.grpc_server.stop(0)
+        with contextlib.suppress(Exception):
+            await self.manager.close()
+        for backend in self.backends.values():
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(backend.close)
+        if self.temporary_repository is not None:
+            shutil.rmtree(self.temporary_repository, ignore_errors=True)
+
     async def mark_ready(self) -> None:
         """Answer ready: to ServerReady and to the overall health check."""
         self.state.ready = True
-        await self.health.set("", _SERVING)
+        for name in SERVER_HEALTH_NAMES:
+            await self.health.set(name, _SERVING)
 
 
 async def build_server(
@@ -265,13 +280,17 @@ async def start_server(
 ) -> RunningServer:
     """Load the repository and start serving; returns once the ports are bound."""
     parts = await build_server(settings, registry)
-    grpc_port = parts.bind()
-    metrics_port = _start_metrics(settings, registry)
-    # Before the first call: recovery must not mistake a change in progress for debris.
-    await parts.manager.recover()
-    await parts.grpc_server.start()
-    await parts.manager.load_all()
-    await parts.mark_ready()
+    try:
+        grpc_port = parts.bind()
+        metrics_port = _start_metrics(settings, registry)
+        # Before the first call: recovery must not mistake a change in progress for debris.
+        await parts.manager.recover()
+        await parts.grpc_server.start()
+        await parts.manager.load_all()
+        await parts.mark_ready()
+    except BaseException:
+        await parts.abandon()
+        raise
     return parts.running(grpc_port, metrics_port)
 
 
@@ -341,10 +360,14 @@ def announce_ready(
     settings: ServerSettings, grpc_port: int, metrics_port: int, models: list[str]
 ) -> None:
     """Print the ready line; tests and scripts read the bound ports from it (0 = any)."""
+    metrics = (
+        f"metrics on {settings.metrics_bind_host}:{metrics_port}"
+        if metrics_port >= 0
+        else "metrics off"
+    )
     print(
         f"trtserve: serving gRPC on {settings.bind_host}:{grpc_port}"
-        f"{' (TLS)' if settings.tls_files is not None else ''}, "
-        f"metrics on {settings.metrics_bind_host}:{metrics_port}, models {models}",
+        f"{' (TLS)' if settings.tls_files is not None else ''}, {metrics}, models {models}",
         flush=True,
     )
 

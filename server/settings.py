@@ -20,13 +20,21 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 # glibc's mallopt takes a C int of bytes.
 MALLOC_KEEP_MB_MAX = 2047
 GPU_WAITS = ("spin", "block")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
 class ServerSettings:
     """Everything `trtserve serve` can be told; field docs are the `--help` texts."""
 
-    host: str = field(default="0.0.0.0", metadata={"help": "address to bind gRPC and metrics to"})
+    host: str | None = field(
+        default=None,
+        metadata={
+            "help": "address to bind gRPC and metrics to (default 0.0.0.0, every interface; "
+            "127.0.0.1 with insecure_local_admin, which refuses any other)"
+        },
+    )
     grpc_port: int = field(default=8001, metadata={"help": "gRPC port (0 picks a free one)"})
     metrics_port: int = field(
         default=8002, metadata={"help": "Prometheus /metrics HTTP port (0 picks one, -1 disables)"}
@@ -242,10 +250,26 @@ class ServerSettings:
                 "setting insecure_local_admin: gives admin to every caller, so it cannot be "
                 "combined with auth_tokens_file or tls_client_ca; expected one or the other"
             )
+        if self.insecure_local_admin and self.host is not None and self.host not in LOOPBACK_HOSTS:
+            raise ValueError(
+                "setting insecure_local_admin: gives admin to every caller, so the server "
+                "listens on this machine only; expected host unset or one of "
+                f"{', '.join(sorted(LOOPBACK_HOSTS))}, received host {self.host!r}"
+            )
         if self.max_inline_execution_us < 0:
             raise ValueError(
                 "setting max_inline_execution_us: expected 0 (off) or a positive number of "
                 f"microseconds, received {self.max_inline_execution_us}"
+            )
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ValueError(
+                f"setting log_level: expected one of {', '.join(LOG_LEVELS)}, received "
+                f"{self.log_level!r}"
+            )
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(
+                f"setting log_format: expected one of {', '.join(LOG_FORMATS)}, received "
+                f"{self.log_format!r}"
             )
         if self.gpu_wait not in GPU_WAITS:
             raise ValueError(
@@ -295,10 +319,11 @@ class ServerSettings:
 
     @property
     def bind_host(self) -> str:
-        """The address the ports bind to: loopback whenever insecure_local_admin is on."""
-        if self.insecure_local_admin and self.host not in LOOPBACK_HOSTS:
-            return "127.0.0.1"
-        return self.host
+        """The address the ports bind to: `host`, else every interface, or loopback when
+        insecure_local_admin is on."""
+        if self.host is not None:
+            return self.host
+        return "127.0.0.1" if self.insecure_local_admin else "0.0.0.0"
 
     @property
     def metrics_bind_host(self) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _READY = re.compile(
-    r"serving gRPC on ([^ ]+):(\d+)(?: \(TLS\))?, metrics on [^ ]+:(-?\d+)(?:, models (.*))?"
+    r"serving gRPC on ([^ ]+):(\d+)(?: \(TLS\))?, metrics (?:on [^ ]+:(\d+)|off)(?:, models (.*))?"
 )
 
 
@@ -103,7 +103,7 @@ def spawn(command: Sequence[str], env: Mapping[str, str], timeout: float = 60.0)
         process.kill()
         raise RuntimeError("server did not start:\n" + "".join(lines))
     m = found[0]
-    return ServerProcess(process, int(m.group(2)), int(m.group(3)), lines, m.group(4) or "")
+    return ServerProcess(process, int(m.group(2)), int(m.group(3) or -1), lines, m.group(4) or "")
 
 
 def run_cli(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:

@@ -76,3 +76,19 @@ def test_models_load_names_a_misspelt_pbtxt_field(tmp_path: Path) -> None:
     config.write_text("max_batch_sise: 8\n")
     with pytest.raises(ValueError, match=r"config\.pbtxt: .*max_batch_sise"):
         read_config_file(str(config))
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    """`trtserve ... | head`: the pipe closes before the command writes; no traceback."""
+    plan = Path(__file__).resolve().parents[1].parent / "shared" / "plans"
+    plan = plan / "conv_relu_trt11.0.0.114.plan"
+    if not plan.is_file():
+        pytest.skip(f"real plan {plan} not present")
+    command = [sys.executable, "-m", "trtserve.cli.main", "inspect", "--json", str(plan)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stderr is not None
+    # Closed long before the interpreter has started and written anything.
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(60) == 141, stderr
+    assert stderr == ""

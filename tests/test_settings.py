@@ -29,7 +29,8 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     environ = {"TRTSERVE_METRICS_PORT": "9201", "TRTSERVE_LOG_LEVEL": "WARNING"}
     settings = load_settings(config, environ, overrides={"log_level": "ERROR", "host": None})
     assert (settings.grpc_port, settings.metrics_port, settings.log_level) == (9100, 9201, "ERROR")
-    assert settings.host == "0.0.0.0"
+    # A flag left unset (None) keeps the default: no host, every interface.
+    assert settings.host is None and settings.bind_host == "0.0.0.0"
 
 
 def test_types_are_converted(tmp_path: Path) -> None:
@@ -248,3 +249,21 @@ def test_gpu_wait_is_spin_or_block() -> None:
     assert load_settings(environ={"TRTSERVE_GPU_WAIT": "block"}).gpu_wait == "block"
     with pytest.raises(ValueError, match="gpu_wait: expected one of spin, block, received 'yield'"):
         ServerSettings(gpu_wait="yield")
+
+
+def test_insecure_local_admin_binds_loopback_and_refuses_another_host() -> None:
+    assert ServerSettings().bind_host == "0.0.0.0"
+    assert ServerSettings(insecure_local_admin=True).bind_host == "127.0.0.1"
+    assert ServerSettings(insecure_local_admin=True, host="::1").bind_host == "::1"
+    with pytest.raises(ValueError, match=r"insecure_local_admin: .* received host '0\.0\.0\.0'"):
+        ServerSettings(insecure_local_admin=True, host="0.0.0.0")
+    with pytest.raises(ValueError, match=r"received host '10\.1\.2\.3'"):
+        load_settings(environ={"TRTSERVE_INSECURE_LOCAL_ADMIN": "1", "TRTSERVE_HOST": "10.1.2.3"})
+
+
+def test_log_level_and_format_are_checked() -> None:
+    assert ServerSettings(log_level="debug").log_level == "debug"
+    with pytest.raises(ValueError, match=r"log_level: expected one of DEBUG, .* 'verbose'"):
+        ServerSettings(log_level="verbose")
+    with pytest.raises(ValueError, match=r"log_format: expected one of text, json, .* 'xml'"):
+        ServerSettings(log_format="xml")

@@ -1,6 +1,7 @@
 """The gRPC health service, with the health of a model behind the access policy.
 
-The overall service (name "") stays open: Kubernetes probes carry no credentials. A model's
+The server's health (service "", and "inference.GRPCInferenceService" as Triton names it) stays
+open: Kubernetes probes carry no credentials. A model's
 health (its name as the service) tells whether that model exists, so when credentials are
 configured it needs role ``infer``. A caller without it gets UNAUTHENTICATED (or
 PERMISSION_DENIED) for every name, known or not, before the name is looked up: the answer
@@ -21,6 +22,9 @@ from trtserve.server.errors import ServerError
 log = logging.getLogger(__name__)
 
 _SERVICE = "grpc.health.v1.Health"
+# The server's own health: "" and, as Triton answers it, the inference service's name. Both
+# stay open to callers without credentials (probes); any other name is a model's.
+SERVER_HEALTH_NAMES = ("", "inference.GRPCInferenceService")
 # grpcio-health-checking's asyncio servicer is missing from the type stubs.
 _AsyncHealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
 
@@ -50,7 +54,7 @@ class GuardedHealthServicer(_AsyncHealthServicer):  # type: ignore[misc]
         request: health_pb2.HealthCheckRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
-        if not request.service or not self._policy.anonymous_lacks(Role.INFER):
+        if request.service in SERVER_HEALTH_NAMES or not self._policy.anonymous_lacks(Role.INFER):
             return
         try:
             self._policy.require(Role.INFER, f"{_SERVICE}/{method} of a model", caller_of(context))

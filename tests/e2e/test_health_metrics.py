@@ -88,6 +88,8 @@ def wait_for_health(channel: grpc.Channel, service: str, status: int) -> None:
 
 def test_health_overall_and_per_model(channel: grpc.Channel) -> None:
     assert health(channel, "") == SERVING
+    # Triton answers its service's name too; Triton's clients and probes ask for it.
+    assert health(channel, "inference.GRPCInferenceService") == SERVING
     assert health(channel, MODEL) == SERVING
     with pytest.raises(grpc.RpcError) as raised:
         health(channel, "no_such_model")

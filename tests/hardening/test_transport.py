@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,6 +67,25 @@ def test_a_second_server_on_the_metrics_port_fails_naming_it(served: Served) -> 
     output = serve_fails(["--host", "127.0.0.1", "--metrics-port", str(port)])
     assert f"setting metrics_port: cannot listen on 127.0.0.1:{port}: in use" in output, output
     assert "Traceback" not in output
+
+
+def test_a_start_that_fails_leaves_no_temporary_repository(served: Served, tmp_path: Path) -> None:
+    """Without --repository the built-in models are written to a temporary folder: a start
+    that fails after that (here on the metrics port) removes it."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    port = served.process.metrics_port
+    command = [sys.executable, "-m", "trtserve.cli.main", "serve", "--host", "127.0.0.1"]
+    done = subprocess.run(
+        [*command, "--grpc-port", "0", "--metrics-port", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "built-in models" in done.stdout + done.stderr
+    assert list(scratch.iterdir()) == []
 
 
 # --- the connection cap ---------------------------------------------------------------------

@@ -180,3 +180,16 @@ def test_inspect_answers_for_every_real_plan(
     assert "version-compatible:" in text and "hardware compatibility:" in text
     if data["version_compatible"] is None and data["refused"] is None:
         assert ", if the plan is version-compatible" in text
+
+
+def test_inspect_json_reports_an_error_as_json_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.plan"
+    broken.write_bytes(b"not a plan at all")
+    assert run("inspect", str(broken), "--json") == 1
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert data["plan"] == str(broken)
+    assert "not a TensorRT plan" in data["error"]
+    assert "not a TensorRT plan" in captured.err
