@@ -7,6 +7,8 @@ Generated modules (regenerate with ``python scripts/generate_protocol.py``):
 - ``trtserve_pb2`` / ``trtserve_pb2_grpc``: trtserve's own RPCs (model upload).
 
 Hand-written: ``datatypes`` (v2 datatype names and numpy dtypes), ``tensors`` (numpy arrays
-to and from protocol tensors) and ``allocator`` (glibc settings for processes that move large
-messages).
+to and from protocol tensors), ``allocator`` (glibc settings for processes that move large
+messages), ``wire_fields`` (a message's fields walked without parsing it) and
+``descriptor_pool`` (the pool the generated modules register in, apart from protobuf's default
+one, where Triton's client registers the same names).
 """

@@ -17,6 +17,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
     '',
     'trtserve/protocol/trtserve.proto'
 )
+from trtserve.protocol import descriptor_pool as _protocol_pool
 # @@protoc_insertion_point(imports)
 
 _sym_db = _symbol_database.Default()
@@ -24,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n trtserve/protocol/trtserve.proto\x12\x08trtserve\"\x7f\n\x0cUploadHeader\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x06 \x01(\t\"Q\n\rUploadRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.trtserve.UploadHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"[\n\x0eUploadResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x14\n\x0cstored_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t2S\n\x0bModelUpload\x12\x44\n\x0bUploadModel\x12\x17.trtserve.UploadRequest\x1a\x18.trtserve.UploadResponse\"\x00(\x01\x62\x06proto3')
+DESCRIPTOR = _protocol_pool.POOL.AddSerializedFile(b'\n trtserve/protocol/trtserve.proto\x12\x08trtserve\"\x7f\n\x0cUploadHeader\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x06 \x01(\t\"Q\n\rUploadRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.trtserve.UploadHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"[\n\x0eUploadResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x14\n\x0cstored_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t2S\n\x0bModelUpload\x12\x44\n\x0bUploadModel\x12\x17.trtserve.UploadRequest\x1a\x18.trtserve.UploadResponse\"\x00(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)

@@ -43,7 +43,27 @@ def generate(out_dir: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    return sorted(p for p in package_dir.iterdir() if p.name.endswith(GENERATED_SUFFIXES))
+    generated = sorted(p for p in package_dir.iterdir() if p.name.endswith(GENERATED_SUFFIXES))
+    for module in generated:
+        if module.name.endswith("_pb2.py"):
+            module.write_text(use_own_pool(module.read_text(), module.name))
+    return generated
+
+
+# protoc registers every file in protobuf's default pool, where Triton's client registers the
+# same `inference.*` names: the modules use trtserve.protocol.descriptor_pool instead.
+_DEFAULT_POOL = "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile("
+_OWN_POOL = "DESCRIPTOR = _protocol_pool.POOL.AddSerializedFile("
+_IMPORTS_END = "# @@protoc_insertion_point(imports)"
+_POOL_IMPORT = "from trtserve.protocol import descriptor_pool as _protocol_pool\n"
+
+
+def use_own_pool(source: str, name: str) -> str:
+    """The generated module, registering its file in trtserve's own descriptor pool."""
+    if source.count(_DEFAULT_POOL) != 1 or source.count(_IMPORTS_END) != 1:
+        raise SystemExit(f"{name}: protoc's output changed shape; cannot point it at our pool")
+    source = source.replace(_DEFAULT_POOL, _OWN_POOL)
+    return source.replace(_IMPORTS_END, _POOL_IMPORT + _IMPORTS_END)
 
 
 def main() -> int:

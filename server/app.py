@@ -9,15 +9,16 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from trtserve.protocol import grpc_service_pb2, trtserve_pb2
@@ -343,8 +344,33 @@ def _grpc_server(
         service = module.DESCRIPTOR.services_by_name[name]
         add_service(server, servicer, service, guard)
         names.append(service.full_name)
-    reflection.enable_server_reflection(names, server)
+    modules = [reflection_pb2, *(module for _servicer, module, _name in services)]
+    reflection.enable_server_reflection(names, server, pool=_reflection_pool(modules))
     return server
+
+
+def _reflection_pool(modules: Sequence[Any]) -> descriptor_pool.DescriptorPool:
+    """A pool of every served file and what it imports, for reflection to answer from.
+
+    trtserve's protocol files live in a pool of their own (trtserve.protocol.descriptor_pool),
+    health and reflection in protobuf's default one; reflection reads a single pool.
+    """
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(file: Any) -> None:
+        if file.name in added:
+            return
+        for dependency in file.dependencies:
+            add(dependency)
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        pool.Add(proto)
+        added.add(file.name)
+
+    for module in modules:
+        add(module.DESCRIPTOR)
+    return pool
 
 
 def _start_metrics(settings: ServerSettings, registry: CollectorRegistry) -> int:
