@@ -50,11 +50,12 @@ def start_server(
     timeout: float = 60.0,
     *,
     local_admin: bool = True,
+    host: str | None = "127.0.0.1",
 ) -> ServerProcess:
     """Run `trtserve serve` on free loopback ports; return once it reports it is serving.
 
     `local_admin` adds --insecure-local-admin, so tests may load, unload and upload without
-    credentials; tests of access control turn it off.
+    credentials; tests of access control turn it off. `host` None leaves --host out.
     """
     args = [
         sys.executable,
@@ -62,8 +63,7 @@ def start_server(
         "-m",
         "trtserve.cli.main",
         "serve",
-        "--host",
-        "127.0.0.1",
+        *(["--host", host] if host is not None else []),
         "--grpc-port",
         "0",
         "--metrics-port",

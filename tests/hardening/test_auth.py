@@ -39,11 +39,13 @@ def bearer(token: str) -> Metadata:
 
 
 def serve(
-    tmp: Path, args: Sequence[str], local_admin: bool = False
+    tmp: Path, args: Sequence[str], local_admin: bool = False, host: str | None = "127.0.0.1"
 ) -> Generator[Served, None, None]:
     repository = tmp / "repository"
     write_model(repository, "add", 1, add_constant_model(1.0))
-    process = start_server(["--repository", str(repository), *args], local_admin=local_admin)
+    process = start_server(
+        ["--repository", str(repository), *args], local_admin=local_admin, host=host
+    )
     with serving(process, repository) as served:
         yield served
 
@@ -354,7 +356,9 @@ def listening_addresses(port: int) -> set[ipaddress.IPv4Address | ipaddress.IPv6
 
 
 def test_insecure_local_admin_allows_admin_and_binds_loopback(tmp_path: Path) -> None:
-    served_iter = serve(tmp_path, ["--host", "0.0.0.0"], local_admin=True)
+    # No --host: every interface normally, this machine only with --insecure-local-admin
+    # (which refuses any other host: tests/test_serve_start.py).
+    served_iter = serve(tmp_path, [], local_admin=True, host=None)
     served = next(served_iter)
     try:
         assert "serving gRPC on 127.0.0.1:" in "".join(served.process.output)
