@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -207,16 +208,25 @@ def _as_version(version: TrtVersion | str) -> TrtVersion:
 
 
 def _pip_download(package: str, version: TrtVersion, dest: Path, progress: bool) -> Path:
-    command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--dest", str(dest), f"{package}=={version}",
-    ]  # fmt: skip
     output = None if progress else subprocess.PIPE
     result = subprocess.run(
-        command, stdout=output, stderr=subprocess.STDOUT if output else None, text=True
+        _download_command(package, version, dest),
+        stdout=output,
+        stderr=subprocess.STDOUT if output else None,
+        text=True,
     )
     if result.returncode != 0:
-        tail = (result.stdout or "").strip().splitlines()[-5:]
+        said = result.stdout if not progress else _quiet_retry(package, version, dest)
+        offered = _offered_versions(said or "")
+        if offered is not None and str(version) not in offered:
+            raise Unavailable(
+                f"lean runtime {version}: the package index has no {package} wheel of "
+                f"{version} for this platform; it has {', '.join(offered) or 'none'}. A plan "
+                f"built with TensorRT {version} loads only with exactly that lean runtime: "
+                "install its wheel downloaded elsewhere with --wheel PATH, or try the other "
+                "CUDA major version's build (--cuda)"
+            )
+        tail = (said or "").strip().splitlines()[-5:]
         detail = (": " + " | ".join(tail)) if tail else ""
         raise Unavailable(
             f"lean runtime {version}: pip could not download {package}=={version} "
@@ -228,6 +238,37 @@ def _pip_download(package: str, version: TrtVersion, dest: Path, progress: bool)
             f"lean runtime {version}: expected one wheel from pip, found {len(wheels)}"
         )
     return wheels[0]
+
+
+def _download_command(package: str, version: TrtVersion, dest: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+        "--progress-bar", "off", "--dest", str(dest), f"{package}=={version}",
+    ]  # fmt: skip
+
+
+def _quiet_retry(package: str, version: TrtVersion, dest: Path) -> str:
+    """pip's words for a failed download whose output went to the terminal (asked again)."""
+    retry = subprocess.run(
+        _download_command(package, version, dest),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return retry.stdout or ""
+
+
+# pip's "Could not find a version that satisfies the requirement ... (from versions: a, b)".
+_FROM_VERSIONS = re.compile(r"\(from versions: ([^)]*)\)")
+
+
+def _offered_versions(pip_output: str) -> list[str] | None:
+    """The versions pip saw on the index (binary wheels only, as asked), or None if unsaid."""
+    found = _FROM_VERSIONS.search(pip_output)
+    if found is None:
+        return None
+    listed = found.group(1).strip()
+    return [] if listed == "none" else [v.strip() for v in listed.split(",") if v.strip()]
 
 
 def _check_wheel_name(wheel: Path, package: str, version: TrtVersion) -> None:

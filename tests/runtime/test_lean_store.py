@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from trtserve.server.errors import FailedPrecondition, InvalidArgument, NotFound
+from trtserve.server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from trtserve.server.runtime.lean_store import (
     ENV_RUNTIMES_DIR,
     LeanStore,
@@ -200,3 +200,23 @@ def test_install_downloads_the_real_wheel(tmp_path: Path) -> None:
     assert installed.library.read_bytes()[:4] == b"\x7fELF"
     assert installed.manifest["wheel"].startswith("tensorrt_lean_cu13_libs-11.0.0.114-")
     assert [p.name for p in installed.plugins] == ["libnvinfer_vc_plugin.so.11"]
+
+
+def test_a_version_the_index_lacks_is_refused_naming_what_it_has(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pip itself, against a local index holding one real-shaped wheel: the message lists what
+    the index has instead of quoting pip."""
+    index = tmp_path / "index"
+    index.mkdir()
+    make_wheel(index, "11.0.0.114")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    store = LeanStore(tmp_path / "runtimes")
+    for progress in (False, True):
+        with pytest.raises(Unavailable) as refused:
+            store.install("10.0.1.6", progress=progress)
+        message = str(refused.value)
+        assert "no tensorrt-lean-cu13-libs wheel of 10.0.1.6" in message, message
+        assert "it has 11.0.0.114." in message and "--wheel PATH" in message, message
+        assert store.list() == []
