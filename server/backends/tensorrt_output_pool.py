@@ -39,7 +39,9 @@ class OutputPool:
         self._rt = rt
         self.capacity = max(capacity, 1)
         self._limit = limit if capacity <= MAX_POOLED_BYTES else 0
-        self._lock = threading.Lock()
+        # Re-entrant: a lent buffer may come back (its last view collected) in the middle of
+        # `lend` on the same thread, when creating an object there runs the garbage collector.
+        self._lock = threading.RLock()
         self._free: list[int] = []
         self._made = 0
         self._closed = False
