@@ -26,12 +26,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--cuda", type=int, choices=CUDA_MAJORS, default=13, help="CUDA major version"
     )
     install.add_argument("--force", action="store_true", help="reinstall when present")
-    install.add_argument(
-        "--wheel",
+    source = install.add_mutually_exclusive_group()
+    source.add_argument(
+        "--from",
+        dest="source",
         type=Path,
         default=None,
-        help="install from this downloaded tensorrt-lean wheel instead of running pip "
-        "(for machines without a package index)",
+        metavar="PATH",
+        help="install from a file instead of running pip (hosts without the package index, "
+        "versions it lacks): a downloaded tensorrt-lean wheel, or NVIDIA's TensorRT tar "
+        "archive (TensorRT-<version>.Linux...tar.gz)",
+    )
+    source.add_argument(
+        "--wheel", dest="source", type=Path, default=None, help="the same as --from (a wheel)"
     )
     install.set_defaults(func=run_install)
     remove = actions.add_parser("remove", help="remove one installed version")
@@ -63,8 +70,10 @@ def run_install(args: argparse.Namespace) -> int:
     store = LeanStore(args.runtimes_dir)
     print(f"installing lean runtime {args.version} (CUDA {args.cuda}) into {store.root}")
     try:
-        if args.wheel is not None:
-            runtime = store.install_wheel(args.wheel, args.version, args.cuda, replace=args.force)
+        if args.source is not None and args.source.name.endswith(".whl"):
+            runtime = store.install_wheel(args.source, args.version, args.cuda, replace=args.force)
+        elif args.source is not None:
+            runtime = store.install_tensorrt_tar(args.source, args.version, replace=args.force)
         else:
             runtime = store.install(args.version, cuda_major=args.cuda, force=args.force)
     except ServerError as e:

@@ -34,6 +34,7 @@ from trtserve.server.errors import (
     NotFound,
     Unavailable,
 )
+from trtserve.server.runtime.lean_tar import unpack_tensorrt_tar
 from trtserve.server.runtime.plan_header import TrtVersion
 
 ENV_RUNTIMES_DIR = "TRTSERVE_RUNTIMES_DIR"
@@ -147,6 +148,26 @@ class LeanStore:
             staging.chmod(0o755)
             manifest = _unpack(wheel, version, staging)
             manifest["cuda_major"] = cuda_major
+            _write_manifest(staging / MANIFEST_NAME, manifest)
+            self._move_into_place(staging, version, replace)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        installed = self.get(version)
+        if installed is None:
+            raise FailedPrecondition(f"lean runtime {version}: installed but not readable")
+        return installed
+
+    def install_tensorrt_tar(
+        self, archive: Path, version: TrtVersion | str, replace: bool = False
+    ) -> InstalledRuntime:
+        """Install `version`'s lean library from NVIDIA's TensorRT tar archive (lean_tar)."""
+        version = _as_version(version)
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{version}-", dir=self.root))
+        try:
+            staging.chmod(0o755)
+            manifest = unpack_tensorrt_tar(archive, version, staging)
+            manifest["archive_sha256"] = _sha256_file(archive)
             _write_manifest(staging / MANIFEST_NAME, manifest)
             self._move_into_place(staging, version, replace)
         finally:
