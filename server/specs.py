@@ -58,6 +58,17 @@ class BatchingSettings:
 
 
 @dataclass(frozen=True)
+class VersionPolicy:
+    """Which version of a model is served: the newest (Triton's `latest { num_versions: 1 }`,
+    the default) or exactly `version` (`specific { versions: [N] }`)."""
+
+    version: int | None = None
+
+    def describe(self) -> str:
+        return "the newest version" if self.version is None else f"version {self.version}"
+
+
+@dataclass(frozen=True)
 class ModelSettings:
     """A model's configuration, parsed from its config file or an API load request."""
 
@@ -71,3 +82,4 @@ class ModelSettings:
     instance_groups: tuple[InstanceGroup, ...] = (InstanceGroup(),)
     default_model_filename: str = ""
     parameters: dict[str, str] = field(default_factory=dict)
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)

@@ -247,9 +247,9 @@ class ModelManager:
     ) -> ServingModel:
         """Build a version beside the served one, for `commit` or `abort`.
 
-        The newest version by default, or exactly `version`; with `fall_back`, older versions
-        are tried when the newest fails (used at start-up, so a broken upload never takes down
-        a model that has a good older version).
+        The newest version by default, the one the config's version_policy names, or exactly
+        `version`; with `fall_back`, older versions are tried when the newest fails (used at
+        start-up, so a broken upload never takes down a model that has a good older version).
         """
         if name in self._prepared:
             raise FailedPrecondition(f"model '{name}': another load of it is in progress")
@@ -262,9 +262,18 @@ class ModelManager:
                 f"model '{name}': version {version} is not in the repository; "
                 f"versions there: {sorted(versions)}"
             )
+        pinned = settings.version_policy.version
+        if version is None and pinned is not None and pinned not in versions:
+            raise NotFound(
+                f"model '{name}': version_policy specific versions: [{pinned}]: version "
+                f"{pinned} is not in the repository; versions there: {sorted(versions)}"
+            )
         record = self._records.setdefault(name, ModelRecord(name, ModelState.LOADING))
         if version is not None:
             candidates = [version]
+        elif pinned is not None:
+            # The config names its version: no other is ever served in its place.
+            candidates = [pinned]
         else:
             candidates = sorted(versions, reverse=True) if fall_back else [max(versions)]
         if record.serving is None:

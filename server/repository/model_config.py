@@ -31,6 +31,7 @@ from trtserve.server.specs import (
     ModelIO,
     ModelSettings,
     TensorSpec,
+    VersionPolicy,
 )
 
 ONNXRUNTIME = "onnxruntime_onnx"
@@ -128,7 +129,44 @@ def settings_from_config(
         instance_groups=_instance_groups(cfg, model_name, platform),
         default_model_filename=cfg.default_model_filename,
         parameters={key: value.string_value for key, value in cfg.parameters.items()},
+        version_policy=_version_policy(cfg, model_name),
     )
+
+
+def _version_policy(cfg: model_config_pb2.ModelConfig, model_name: str) -> VersionPolicy:
+    """Triton's version_policy, as far as a server of one version per model can follow it.
+
+    The newest version (`latest { num_versions: 1 }`, the default) or exactly one version
+    (`specific { versions: [N] }`); any policy that would serve several versions at once is
+    refused, never quietly narrowed.
+    """
+    if not cfg.HasField("version_policy"):
+        return VersionPolicy()
+    policy = cfg.version_policy
+    choice = policy.WhichOneof("policy_choice")
+    where = f"model '{model_name}': version_policy"
+    several = "this server serves one version of a model at a time"
+    if choice == "latest":
+        count = policy.latest.num_versions
+        if count != 1:
+            raise InvalidArgument(
+                f"{where}: latest num_versions: expected 1 ({several}), received {count}"
+            )
+        return VersionPolicy()
+    if choice == "specific":
+        versions = list(policy.specific.versions)
+        if len(versions) != 1 or versions[0] < 1:
+            raise InvalidArgument(
+                f"{where}: specific versions: expected exactly one version number >= 1 "
+                f"({several}), received {versions}"
+            )
+        return VersionPolicy(versions[0])
+    if choice == "all":
+        raise InvalidArgument(
+            f"{where}: all: not supported ({several}); use latest {{ num_versions: 1 }} or "
+            "specific { versions: [N] }"
+        )
+    return VersionPolicy()
 
 
 def _platform(cfg: model_config_pb2.ModelConfig, model_name: str, default: str) -> str:
@@ -292,6 +330,10 @@ def config_from_settings(
             dyn.default_queue_policy.max_queue_size = settings.batching.max_queue_size
     for key, value in settings.parameters.items():
         cfg.parameters[key].string_value = value
+    if settings.version_policy.version is None:
+        cfg.version_policy.latest.num_versions = 1
+    else:
+        cfg.version_policy.specific.versions.append(settings.version_policy.version)
     return cfg
 
 
