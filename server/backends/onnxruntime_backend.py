@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from trtserve.server.backends.base import (
     ModelInstance,
     Placement,
 )
+from trtserve.server.backends.onnxruntime_options import SessionSettings, session_settings
 from trtserve.server.errors import (
     FailedPrecondition,
     Internal,
@@ -44,7 +46,6 @@ ORT_DATATYPES: dict[str, str] = {
     "tensor(bfloat16)": "BF16",
     "tensor(string)": "BYTES",
 }
-INTRA_OP_THREADS = "intra_op_threads"
 
 
 class OnnxRuntimeBackend(Backend):
@@ -61,21 +62,21 @@ class OnnxRuntimeBackend(Backend):
         return True, ""
 
     def load(self, path: Path, settings: ModelSettings) -> OnnxRuntimeModel:
-        threads = _intra_op_threads(settings)
+        options = session_settings(settings.name, settings.parameters)
         # One session validates the file and tells its tensors; instances make their own.
-        session = _create_session(path, settings.name, threads)
+        session = _create_session(path, settings.name, options)
         io = _model_io(session, settings.name)
-        return OnnxRuntimeModel(path, settings.name, io, threads)
+        return OnnxRuntimeModel(path, settings.name, io, options)
 
 
 class OnnxRuntimeModel(LoadedModel):
     """A validated ONNX file; each instance opens its own session on it."""
 
-    def __init__(self, path: Path, name: str, io: ModelIO, intra_op_threads: int) -> None:
+    def __init__(self, path: Path, name: str, io: ModelIO, options: SessionSettings) -> None:
         self._path = path
         self._name = name
         self._io = io
-        self._threads = intra_op_threads
+        self._options = options
 
     @property
     def io(self) -> ModelIO:
@@ -89,9 +90,13 @@ class OnnxRuntimeModel(LoadedModel):
                 f"{placement.kind.value} {placement.device_id}"
             )
         # ORT's CPU arena keeps the peak of every run; string tensors are std::string objects
-        # it gains nothing on, and one large request would leave hundreds of MiB held.
-        strings = any(t.datatype == "BYTES" for t in self._io.inputs + self._io.outputs)
-        session = _create_session(self._path, self._name, self._threads, memory_arena=not strings)
+        # it gains nothing on, and one large request would leave hundreds of MiB held. A
+        # config that sets enable_mem_arena decides for itself.
+        options = self._options
+        if options.memory_arena is None:
+            strings = any(t.datatype == "BYTES" for t in self._io.inputs + self._io.outputs)
+            options = dataclasses.replace(options, memory_arena=not strings)
+        session = _create_session(self._path, self._name, options)
         return OnnxRuntimeInstance(session, self._name, self._io)
 
     def close(self) -> None:
@@ -152,31 +157,19 @@ class OnnxRuntimeInstance(ModelInstance):
         self._session = None
 
 
-def _intra_op_threads(settings: ModelSettings) -> int:
-    raw = settings.parameters.get(INTRA_OP_THREADS, "1")
-    try:
-        threads = int(raw)
-    except ValueError:
-        threads = 0
-    if threads < 1:
-        raise InvalidArgument(
-            f"model '{settings.name}': parameter '{INTRA_OP_THREADS}': expected a positive "
-            f"integer, received {raw!r}"
-        )
-    return threads
-
-
-def _create_session(
-    path: Path, name: str, intra_op_threads: int, *, memory_arena: bool = True
-) -> Any:
+def _create_session(path: Path, name: str, settings: SessionSettings) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    # One thread per instance by default, so N instances use N cores without contending.
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.enable_cpu_mem_arena = memory_arena
+    options.intra_op_num_threads = settings.intra_op_threads
+    options.inter_op_num_threads = settings.inter_op_threads
+    options.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL if settings.parallel else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    if settings.memory_arena is not None:
+        options.enable_cpu_mem_arena = settings.memory_arena
+    if settings.memory_pattern is not None:
+        options.enable_mem_pattern = settings.memory_pattern
     if not path.is_file():
         raise FailedPrecondition(
             f"model '{name}': expected an ONNX model file at {path}, received no such file"
