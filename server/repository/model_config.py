@@ -13,6 +13,7 @@ Shapes: with ``max_batch_size > 0`` a setting's tensor shapes leave out the batc
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -23,7 +24,9 @@ from google.protobuf.message import DecodeError
 
 from trtserve.protocol import model_config_pb2
 from trtserve.protocol.datatypes import BY_CONFIG_NAME, BY_NAME
+from trtserve.protocol.descriptor_pool import POOL
 from trtserve.server.errors import FailedPrecondition, InvalidArgument
+from trtserve.server.repository.config_fields import unsupported_fields
 from trtserve.server.specs import (
     BatchingSettings,
     DeviceKind,
@@ -60,30 +63,67 @@ def is_plain_name(name: str) -> bool:
 def parse_config_text(
     text: str, fmt: Literal["pbtxt", "json"], model_name: str
 ) -> model_config_pb2.ModelConfig:
-    """Parse a config in protobuf text format or JSON; unknown fields are ignored."""
+    """Parse a config in protobuf text format or JSON against Triton's whole schema.
+
+    A name that is no field of Triton's ModelConfig, and a Triton field trtserve does not
+    implement (config_fields), are refused by name: a config is never read partly.
+    """
     cfg = model_config_pb2.ModelConfig()
     try:
         if fmt == "pbtxt":
-            text_format.Parse(text, cfg, allow_unknown_field=True)
+            text_format.Parse(text, cfg)
         elif fmt == "json":
-            json_format.Parse(text, cfg, ignore_unknown_fields=True)
             _check_json_data_types(text, model_name)
+            json_format.Parse(text, cfg)
         else:
             raise InvalidArgument(
                 f"model '{model_name}': config format: expected 'pbtxt' or 'json', received {fmt!r}"
             )
     except (text_format.ParseError, json_format.ParseError, DecodeError, ValueError) as e:
+        raise InvalidArgument(_parse_failure(model_name, fmt, str(e))) from None
+    unsupported = unsupported_fields(cfg)
+    if unsupported:
         raise InvalidArgument(
-            f"model '{model_name}': config ({fmt}): expected a valid ModelConfig, "
-            f"received text that does not parse: {e}"
-        ) from None
+            f"model '{model_name}': config: {', '.join(unsupported)}: not supported by this "
+            "server (Triton fields it does not implement; the README lists those it does); "
+            "remove them to load the model"
+        )
     return cfg
 
 
+# Both parsers say "Message type "inference.X" has no field named "y"" for an unknown name.
+_NO_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "([^"]+)"')
+# The text parser starts with the position: "3:1 : Message type ...".
+_POSITION = re.compile(r"^(\d+):(\d+)")
+
+
+def _parse_failure(model_name: str, fmt: str, error: str) -> str:
+    unknown = _NO_FIELD.search(error)
+    if unknown is None:
+        return (
+            f"model '{model_name}': config ({fmt}): expected a valid ModelConfig, "
+            f"received text that does not parse: {error}"
+        )
+    message_type, name = unknown.groups()
+    where = _POSITION.match(error)
+    at = f" (line {where.group(1)})" if where else ""
+    known = [f.name for f in POOL.FindMessageTypeByName(message_type).fields]
+    nearest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"; did you mean '{nearest[0]}'?" if nearest else f"; its fields: {', '.join(known)}"
+    short = message_type.removeprefix("inference.")
+    return (
+        f"model '{model_name}': config ({fmt}){at}: '{name}' is no field of {short} in "
+        f"Triton's model configuration{hint}"
+    )
+
+
 def _check_json_data_types(text: str, model_name: str) -> None:
-    # ignore_unknown_fields also drops unknown enum names, which would then read as
-    # TYPE_INVALID; name what the client really sent instead.
-    document = json.loads(text)
+    # Name a data_type that is not one (the JSON parser would say only that an enum value is
+    # invalid). Text that is not JSON is left to the parser's own message.
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return
     for role in ("input", "output"):
         tensors = document.get(role) if isinstance(document, dict) else None
         for tensor in tensors if isinstance(tensors, list) else []:

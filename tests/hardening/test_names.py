@@ -270,7 +270,7 @@ def test_valid_unusual_names_are_stored_where_expected(sandbox: Sandbox) -> None
                 filename="weights.v2-final.onnx",
                 version=123456789012345678,
                 config=add_config(name).replace(
-                    '"name"', '"default_model_filename": "weights.v2-final.onnx", "name"'
+                    '"name"', '"default_model_filename": "weights.v2-final.onnx", "name"', 1
                 ),
             )
         ),

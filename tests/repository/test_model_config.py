@@ -36,7 +36,6 @@ dynamic_batching {
 }
 instance_group [ { count: 3, kind: KIND_CPU } ]
 parameters { key: "intra_op_threads" value: { string_value: "2" } }
-some_future_field: 5
 """
 
 # What tritonclient's load_model(config=...) sends.
@@ -49,7 +48,6 @@ TRITONCLIENT_JSON = json.dumps(
         "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [16]}],
         "instance_group": [{"count": 2, "kind": "KIND_CPU"}],
         "dynamic_batching": {"max_queue_delay_microseconds": 100},
-        "unknown_thing": {"x": 1},
     }
 )
 
