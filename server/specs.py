@@ -69,6 +69,29 @@ class VersionPolicy:
 
 
 @dataclass(frozen=True)
+class WarmupInput:
+    """One input of a warmup sample: its datatype and shape, and where its data comes from:
+    zeros, random values, or a file in the model's `warmup/` folder (raw tensor bytes)."""
+
+    datatype: str
+    shape: tuple[int, ...]
+    source: str  # "zero", "random" or "file"
+    file: str = ""
+
+
+@dataclass(frozen=True)
+class WarmupSample:
+    """Triton's model_warmup entry: requests run on every instance before a version serves.
+
+    `batch_size` 0 means the model does not batch: shapes are sent as they are."""
+
+    name: str
+    batch_size: int
+    count: int
+    inputs: tuple[tuple[str, WarmupInput], ...]
+
+
+@dataclass(frozen=True)
 class ModelSettings:
     """A model's configuration, parsed from its config file or an API load request."""
 
@@ -83,3 +106,4 @@ class ModelSettings:
     default_model_filename: str = ""
     parameters: dict[str, str] = field(default_factory=dict)
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    warmups: tuple[WarmupSample, ...] = ()

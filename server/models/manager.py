@@ -19,6 +19,7 @@ from trtserve.server.metrics import ServerMetrics
 from trtserve.server.model_state import ModelState
 from trtserve.server.models.changes import LocalChanges, ModelChanges
 from trtserve.server.models.serving_model import ServingModel
+from trtserve.server.models.warmup import run_warmup
 from trtserve.server.repository.model_config import complete_settings, parse_config_text
 from trtserve.server.repository.repository import ModelRepository
 from trtserve.server.repository.staging import StagedFile
@@ -343,6 +344,17 @@ class ModelManager:
             complete = complete_settings(settings, loaded.io)
             placements = _placements(complete)
             instances = await asyncio.to_thread(_create_instances, loaded, placements)
+            try:
+                if complete.warmups:
+                    outputs = [t.name for t in loaded.io.outputs]
+                    where = f"model '{name}' version {version}"
+                    folder = self.repository.model_dir(name)
+                    await asyncio.to_thread(
+                        run_warmup, where, complete.warmups, instances, folder, outputs
+                    )
+            except BaseException:
+                await asyncio.to_thread(_close_instances, instances)
+                raise
         except BaseException:
             await asyncio.to_thread(loaded.close)
             raise
@@ -391,6 +403,11 @@ def _log_failure(change: asyncio.Future[ServingModel]) -> None:
     error = change.exception()
     if error is not None:
         log.warning("a model change whose caller went away failed: %s", error, exc_info=error)
+
+
+def _close_instances(instances: Sequence[ModelInstance]) -> None:
+    for instance in instances:
+        instance.close()
 
 
 def _create_instances(loaded: LoadedModel, placements: Sequence[Placement]) -> list[ModelInstance]:

@@ -44,6 +44,12 @@ SUPPORTED = frozenset(
         "dynamic_batching.max_queue_delay_microseconds",
         "dynamic_batching.default_queue_policy",
         "dynamic_batching.default_queue_policy.max_queue_size",
+        # Each sample's inputs are checked where they are read (model_config._warmup).
+        "model_warmup",
+        "model_warmup.name",
+        "model_warmup.batch_size",
+        "model_warmup.inputs",
+        "model_warmup.count",
     }
 )
 

@@ -35,6 +35,8 @@ from trtserve.server.specs import (
     ModelSettings,
     TensorSpec,
     VersionPolicy,
+    WarmupInput,
+    WarmupSample,
 )
 
 ONNXRUNTIME = "onnxruntime_onnx"
@@ -170,7 +172,64 @@ def settings_from_config(
         default_model_filename=cfg.default_model_filename,
         parameters={key: value.string_value for key, value in cfg.parameters.items()},
         version_policy=_version_policy(cfg, model_name),
+        warmups=tuple(_warmup(cfg, model_name, sample) for sample in cfg.model_warmup),
     )
+
+
+_WARMUP_SOURCES = {"zero_data": "zero", "random_data": "random", "input_data_file": "file"}
+
+
+def _warmup(
+    cfg: model_config_pb2.ModelConfig, model_name: str, sample: model_config_pb2.ModelWarmup
+) -> WarmupSample:
+    where = f"model '{model_name}': model_warmup '{sample.name}'"
+    if not sample.name:
+        raise InvalidArgument(f"model '{model_name}': model_warmup: expected a name, received none")
+    batched = cfg.max_batch_size > 0
+    if batched and not 1 <= sample.batch_size <= cfg.max_batch_size:
+        raise InvalidArgument(
+            f"{where}: batch_size: expected 1 to max_batch_size {cfg.max_batch_size}, "
+            f"received {sample.batch_size}"
+        )
+    if not batched and sample.batch_size > 1:
+        raise InvalidArgument(
+            f"{where}: batch_size: expected 0 or 1 (the model does not batch), "
+            f"received {sample.batch_size}"
+        )
+    if not sample.inputs:
+        raise InvalidArgument(f"{where}: inputs: expected at least one, received none")
+    inputs = []
+    for name in sorted(sample.inputs):
+        item = sample.inputs[name]
+        config_type = model_config_pb2.DataType.Name(item.data_type)
+        if config_type not in BY_CONFIG_NAME or item.data_type == 0:
+            raise InvalidArgument(
+                f"{where}: input '{name}': data_type: expected one of "
+                f"{', '.join(BY_CONFIG_NAME)}, received {config_type}"
+            )
+        choice = item.WhichOneof("input_data_type")
+        if choice is None:
+            raise InvalidArgument(
+                f"{where}: input '{name}': expected one of zero_data, random_data or "
+                "input_data_file, received none"
+            )
+        file = item.input_data_file if choice == "input_data_file" else ""
+        if file and not is_plain_name(file):
+            raise InvalidArgument(
+                f"{where}: input '{name}': input_data_file: expected a plain file name in the "
+                f"model's warmup folder, received {file!r}"
+            )
+        if any(d < 0 for d in item.dims):
+            raise InvalidArgument(
+                f"{where}: input '{name}': dims: expected fixed sizes (>= 0), received "
+                f"{list(item.dims)}"
+            )
+        datatype = BY_CONFIG_NAME[config_type].name
+        inputs.append(
+            (name, WarmupInput(datatype, tuple(item.dims), _WARMUP_SOURCES[choice], file))
+        )
+    batch_size = sample.batch_size if batched else 0
+    return WarmupSample(sample.name, batch_size, max(sample.count, 1), tuple(inputs))
 
 
 def _version_policy(cfg: model_config_pb2.ModelConfig, model_name: str) -> VersionPolicy:

@@ -72,9 +72,9 @@ def test_the_same_in_json() -> None:
             "input.reshape",
         ),
         (
-            'model_warmup [ { name: "w" batch_size: 1 } ]\ninstance_group [ { count: 1 '
-            'kind: KIND_CPU profile: [ "0" ] } ]\n',
-            "instance_group.profile, model_warmup",
+            'instance_group [ { count: 1 kind: KIND_CPU profile: [ "0" ] } ]\n'
+            "model_transaction_policy { decoupled: true }\n",
+            "instance_group.profile, model_transaction_policy",
         ),
     ],
 )
