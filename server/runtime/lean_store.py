@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,33 +142,34 @@ class LeanStore:
         """Check a downloaded lean wheel and unpack its libraries as `<root>/<version>`."""
         version = _as_version(version)
         _check_wheel_name(wheel, wheel_package(cuda_major), version)
-        self.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{version}-", dir=self.root))
-        try:
-            staging.chmod(0o755)
-            manifest = _unpack(wheel, version, staging)
-            manifest["cuda_major"] = cuda_major
-            _write_manifest(staging / MANIFEST_NAME, manifest)
-            self._move_into_place(staging, version, replace)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        installed = self.get(version)
-        if installed is None:
-            raise FailedPrecondition(f"lean runtime {version}: installed but not readable")
-        return installed
+
+        def unpack(staging: Path) -> dict[str, Any]:
+            return {**_unpack(wheel, version, staging), "cuda_major": cuda_major}
+
+        return self._install_staged(version, replace, unpack)
 
     def install_tensorrt_tar(
         self, archive: Path, version: TrtVersion | str, replace: bool = False
     ) -> InstalledRuntime:
         """Install `version`'s lean library from NVIDIA's TensorRT tar archive (lean_tar)."""
         version = _as_version(version)
+
+        def unpack(staging: Path) -> dict[str, Any]:
+            manifest = unpack_tensorrt_tar(archive, version, staging)
+            return {**manifest, "archive_sha256": _sha256_file(archive)}
+
+        return self._install_staged(version, replace, unpack)
+
+    def _install_staged(
+        self, version: TrtVersion, replace: bool, unpack: Callable[[Path], dict[str, Any]]
+    ) -> InstalledRuntime:
+        """Fill a staging folder (`unpack` returns its manifest), then move it into place as
+        `<root>/<version>` in one rename; nothing half-written is ever seen there."""
         self.root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{version}-", dir=self.root))
         try:
             staging.chmod(0o755)
-            manifest = unpack_tensorrt_tar(archive, version, staging)
-            manifest["archive_sha256"] = _sha256_file(archive)
-            _write_manifest(staging / MANIFEST_NAME, manifest)
+            _write_manifest(staging / MANIFEST_NAME, unpack(staging))
             self._move_into_place(staging, version, replace)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

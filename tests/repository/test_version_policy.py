@@ -3,23 +3,19 @@ and every policy that would serve several versions at once refused, never narrow
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
+from managed import with_loaded_repository
 
-from trtserve.server.backends.onnxruntime_backend import OnnxRuntimeBackend
 from trtserve.server.default_model import SIMPLE_CONFIG, build_simple_model
 from trtserve.server.errors import InvalidArgument, ServerError
-from trtserve.server.metrics import ServerMetrics
 from trtserve.server.models.manager import ModelManager
 from trtserve.server.repository.model_config import (
     config_from_settings,
     parse_config_text,
     settings_from_config,
 )
-from trtserve.server.repository.repository import ModelRepository
 
 
 def policy_of(text: str) -> int | None:
@@ -80,25 +76,15 @@ def served_version(root: Path, policy: str) -> tuple[str, str]:
         (root / "m" / str(version) / "model.onnx").write_bytes(build_simple_model())
     config = SIMPLE_CONFIG.replace('"simple"', '"m"') + policy
     (root / "m" / "config.pbtxt").write_text(config)
-    backend = OnnxRuntimeBackend()
 
-    async def main() -> tuple[str, str]:
-        manager = ModelManager(
-            ModelRepository(root),
-            {backend.platform: backend},
-            ServerMetrics(CollectorRegistry()),
-            default_max_queue_size=16,
-        )
-        await manager.load_all()
+    async def served(manager: ModelManager) -> tuple[str, str]:
         try:
             return "READY", str(manager.get("m").version)
         except ServerError:
             (entry,) = await manager.index()
             return entry.state, entry.reason
-        finally:
-            await manager.close()
 
-    return asyncio.run(main())
+    return with_loaded_repository(root, served)
 
 
 def test_specific_serves_that_version_not_the_newest(tmp_path: Path) -> None:

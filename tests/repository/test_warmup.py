@@ -3,21 +3,16 @@ instance before a version serves, and a sample that fails fails the load, naming
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry
+from managed import index, with_loaded_repository
 
-from trtserve.server.backends.onnxruntime_backend import OnnxRuntimeBackend
 from trtserve.server.default_model import SIMPLE_CONFIG, build_simple_model
 from trtserve.server.errors import InvalidArgument
-from trtserve.server.metrics import ServerMetrics
-from trtserve.server.models.manager import ModelManager
 from trtserve.server.repository.model_config import parse_config_text, settings_from_config
-from trtserve.server.repository.repository import ModelRepository
 
 ZERO_AND_RANDOM = """
 model_warmup [
@@ -46,21 +41,8 @@ def load(root: Path, warmup: str, files: dict[str, bytes] | None = None) -> tupl
     for name, data in (files or {}).items():
         (root / "m" / "warmup").mkdir(exist_ok=True)
         (root / "m" / "warmup" / name).write_bytes(data)
-    backend = OnnxRuntimeBackend()
-
-    async def main() -> tuple[str, str]:
-        manager = ModelManager(
-            ModelRepository(root),
-            {backend.platform: backend},
-            ServerMetrics(CollectorRegistry()),
-            default_max_queue_size=16,
-        )
-        await manager.load_all()
-        (entry,) = await manager.index()
-        await manager.close()
-        return entry.state, entry.reason
-
-    return asyncio.run(main())
+    (entry,) = with_loaded_repository(root, index)
+    return entry.state, entry.reason
 
 
 def test_samples_run_on_every_instance_before_the_version_serves(
