@@ -248,9 +248,14 @@ def test_bench_interrupted_releases_its_regions(server: ServerProcess) -> None:
     )
     try:
         assert bench.stderr is not None
-        # The progress bar appears once the regions are registered and the run has begun.
-        assert bench.stderr.read(1)
-        assert len(bench_objects()) == 8, "the bench did not begin its run"
+        # The progress bar ("0req [00:00, ...]") appears once the regions are registered and
+        # the run has begun; anything the process logs before it is read past.
+        said = ""
+        while "req [" not in said:
+            char = bench.stderr.read(1)
+            assert char, f"the bench ended before its run began: {said!r}"
+            said += char
+        assert len(bench_objects()) == 8, f"the bench did not begin its run: {said!r}"
         bench.send_signal(signal.SIGINT)
         _, err = bench.communicate(timeout=60)
     finally:
