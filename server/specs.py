@@ -12,11 +12,21 @@ from enum import StrEnum
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A model input or output: v2 datatype name and shape, -1 for a variable dimension."""
+    """A model input or output: v2 datatype name and shape, -1 for a variable dimension.
+
+    `reshape`, when the config gives one, is the shape the model itself has: clients send and
+    receive `shape`, the model is given and gives `reshape` (Triton's ModelTensorReshape).
+    """
 
     name: str
     datatype: str
     shape: tuple[int, ...]
+    reshape: tuple[int, ...] | None = None
+
+    @property
+    def model_shape(self) -> tuple[int, ...]:
+        """The shape as the model file has it (without a batch dimension when batched)."""
+        return self.shape if self.reshape is None else self.reshape
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -147,6 +148,9 @@ def decode_tensors(checked: CheckedRequest, lease: Lease | None) -> InferenceReq
             continue
         arrays[header.name] = _decode_tensor(request, index, raw_index, header, raw)
         raw_index += 1
+    for name, spec in model.inputs.items():
+        if spec.reshape is not None and name in arrays:
+            arrays[name] = _as_model_shape(model, spec, arrays[name])
     batch_size = _batch_size(model, headers)
     targets = {}
     for name, reference in checked.output_references.items():
@@ -155,6 +159,27 @@ def decode_tensors(checked: CheckedRequest, lease: Lease | None) -> InferenceReq
     return InferenceRequest(
         arrays, _output_names(request, model), batch_size, checked.deadline, targets
     )
+
+
+def _as_model_shape(
+    model: ServingModel, spec: TensorSpec, array: np.ndarray | DeviceArray
+) -> np.ndarray | DeviceArray:
+    """An input in the shape the model has (its config's reshape); the same elements."""
+    batch = array.shape[:1] if model.settings.max_batch_size > 0 else ()
+    assert spec.reshape is not None
+    shape = (*batch, *spec.reshape)
+    if isinstance(array, np.ndarray):
+        return array.reshape(shape)
+    return dataclasses.replace(array, shape=shape)
+
+
+def _client_shape(model: ServingModel, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """An output's shape as clients see it: the config's dims where it reshapes the model's."""
+    spec = model.outputs.get(name)
+    if spec is None or spec.reshape is None:
+        return shape
+    batch = shape[:1] if model.settings.max_batch_size > 0 else ()
+    return (*batch, *spec.shape)
 
 
 def encode_response(
@@ -180,7 +205,10 @@ def encode_response_bytes(
     described = [
         (name, _datatype(model, name, array), array) for name, array in response.outputs.items()
     ]
-    signature = tuple((name, datatype.name, array.shape) for name, datatype, array in described)
+    signature = tuple(
+        (name, datatype.name, _client_shape(model, name, array.shape))
+        for name, datatype, array in described
+    )
     parts: list[bytes | memoryview] = [_response_header(model.name, model.version, signature)]
     if request.id:
         identifier = request.id.encode()
@@ -251,7 +279,8 @@ def _response_parts(
     views = []
     for name, array in response.outputs.items():
         datatype = _datatype(model, name, array)
-        reply.outputs.add(name=name, datatype=datatype.name, shape=array.shape)
+        shape = _client_shape(model, name, array.shape)
+        reply.outputs.add(name=name, datatype=datatype.name, shape=shape)
         views.append(_raw(array, datatype))
     return reply, views
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import re
 from collections.abc import Iterable, Sequence
 from typing import Literal
@@ -330,8 +331,34 @@ def _tensors(
                 f"model '{model_name}': {role} '{tensor.name}': dims: expected values of -1 "
                 f"or more, received {list(tensor.dims)}"
             )
-        specs.append(TensorSpec(tensor.name, datatype.name, tuple(int(d) for d in tensor.dims)))
+        dims = tuple(int(d) for d in tensor.dims)
+        reshape = _reshape(model_name, role, tensor, dims)
+        specs.append(TensorSpec(tensor.name, datatype.name, dims, reshape))
     return tuple(specs)
+
+
+def _reshape(
+    model_name: str,
+    role: str,
+    tensor: model_config_pb2.ModelInput | model_config_pb2.ModelOutput,
+    dims: tuple[int, ...],
+) -> tuple[int, ...] | None:
+    """The tensor's reshape: the same elements as `dims`, in the shape the model has."""
+    if not tensor.HasField("reshape"):
+        return None
+    shape = tuple(int(d) for d in tensor.reshape.shape)
+    where = f"model '{model_name}': {role} '{tensor.name}': reshape"
+    if any(d < 0 for d in dims + shape):
+        raise InvalidArgument(
+            f"{where}: expected fixed sizes in dims and reshape (variable dimensions with a "
+            f"reshape are not supported), received dims {list(dims)}, reshape {list(shape)}"
+        )
+    if math.prod(dims) != math.prod(shape):
+        raise InvalidArgument(
+            f"{where}: expected {math.prod(dims)} elements (as dims {list(dims)}), received "
+            f"shape {list(shape)} of {math.prod(shape)}"
+        )
+    return shape
 
 
 def _batching(cfg: model_config_pb2.ModelConfig, model_name: str) -> BatchingSettings:
@@ -412,11 +439,17 @@ def config_from_settings(
         default_model_filename=settings.default_model_filename,
     )
     for spec in inputs:
-        cfg.input.add(name=spec.name, data_type=BY_NAME[spec.datatype].config_name, dims=spec.shape)
-    for spec in outputs:
-        cfg.output.add(
+        added = cfg.input.add(
             name=spec.name, data_type=BY_NAME[spec.datatype].config_name, dims=spec.shape
         )
+        if spec.reshape is not None:
+            added.reshape.shape.extend(spec.reshape)
+    for spec in outputs:
+        out = cfg.output.add(
+            name=spec.name, data_type=BY_NAME[spec.datatype].config_name, dims=spec.shape
+        )
+        if spec.reshape is not None:
+            out.reshape.shape.extend(spec.reshape)
     for group in settings.instance_groups:
         kind = _Group.KIND_GPU if group.kind is DeviceKind.GPU else _Group.KIND_CPU
         cfg.instance_group.add(count=group.count, kind=kind, gpus=group.device_ids)
@@ -493,12 +526,13 @@ def _check_declared(
                 f"{real.datatype} (the model file's), received {spec.datatype}"
             )
         real_dims = real.shape[1:] if batched else real.shape
-        if not _dims_compatible(spec.shape, real_dims):
+        if not _dims_compatible(spec.model_shape, real_dims):
+            field = "dims" if spec.reshape is None else "reshape"
             raise FailedPrecondition(
-                f"model '{settings.name}': {role} '{spec.name}': expected dims compatible with "
-                f"{list(real_dims)} (the model file's"
+                f"model '{settings.name}': {role} '{spec.name}': expected {field} compatible "
+                f"with {list(real_dims)} (the model file's"
                 f"{', batch dimension left out' if batched else ''}), "
-                f"received {list(spec.shape)}"
+                f"received {list(spec.model_shape)}"
             )
     if require_all:
         missing = [t.name for t in actual if t.name not in {s.name for s in declared}]

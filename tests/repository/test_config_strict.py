@@ -68,8 +68,8 @@ def test_the_same_in_json() -> None:
         ),
         (
             'input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ]\n'
-            "  reshape: { shape: [ 2, 2 ] } } ]\n",
-            "input.reshape",
+            "  format: FORMAT_NCHW is_shape_tensor: true } ]\n",
+            "input.format, input.is_shape_tensor",
         ),
         (
             'instance_group [ { count: 1 kind: KIND_CPU profile: [ "0" ] } ]\n'
