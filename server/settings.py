@@ -261,21 +261,17 @@ class ServerSettings:
                 "setting max_inline_execution_us: expected 0 (off) or a positive number of "
                 f"microseconds, received {self.max_inline_execution_us}"
             )
-        if self.log_level.upper() not in LOG_LEVELS:
-            raise ValueError(
-                f"setting log_level: expected one of {', '.join(LOG_LEVELS)}, received "
-                f"{self.log_level!r}"
-            )
-        if self.log_format not in LOG_FORMATS:
-            raise ValueError(
-                f"setting log_format: expected one of {', '.join(LOG_FORMATS)}, received "
-                f"{self.log_format!r}"
-            )
-        if self.gpu_wait not in GPU_WAITS:
-            raise ValueError(
-                f"setting gpu_wait: expected one of {', '.join(GPU_WAITS)}, received "
-                f"{self.gpu_wait!r}"
-            )
+        # Levels in any case, as logging takes them; the other choices exactly.
+        for setting, choices, value in (
+            ("log_level", LOG_LEVELS, self.log_level.upper()),
+            ("log_format", LOG_FORMATS, self.log_format),
+            ("gpu_wait", GPU_WAITS, self.gpu_wait),
+        ):
+            if value not in choices:
+                raise ValueError(
+                    f"setting {setting}: expected one of {', '.join(choices)}, received "
+                    f"{getattr(self, setting)!r}"
+                )
         if not 0 <= self.malloc_keep_mb <= MALLOC_KEEP_MB_MAX:
             raise ValueError(
                 f"setting malloc_keep_mb: expected 0 to {MALLOC_KEEP_MB_MAX}, received "

@@ -168,8 +168,6 @@ class TensorRTBackend(Backend):
         if self.probe_plans:
             try:
                 probe_plan(path, route.library, device, host_code=route.host_code)
-            except DeserializationFailed:
-                raise
             except ServerError as e:
                 raise prefixed(e, name) from None
         lease = None
@@ -187,17 +185,11 @@ class TensorRTBackend(Backend):
                 device,
                 blocking_wait=self.blocking_wait,
             )
-        except DeserializationFailed:
+        except BaseException as e:
             if lease is not None:
                 lease.release()
-            raise
-        except ServerError as e:
-            if lease is not None:
-                lease.release()
-            raise prefixed(e, name) from None
-        except BaseException:
-            if lease is not None:
-                lease.release()
+            if isinstance(e, ServerError):
+                raise prefixed(e, name) from None
             raise
 
     def _route(self, header: PlanHeader, plan: bytes, path: Path, name: str) -> Route:

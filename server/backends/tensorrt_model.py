@@ -155,7 +155,16 @@ class DeserializationFailed(FailedPrecondition):
 
 
 def prefixed(error: ServerError, name: str) -> ServerError:
-    """`error` with its message starting "model '<name>': " (once)."""
+    """`error` with its message starting "model '<name>': " (once).
+
+    The copy keeps the error's class and attributes (DeserializationFailed's TensorRT words,
+    CudaError's status), whatever its constructor takes.
+    """
     prefix = f"model '{name}': "
     text = str(error)
-    return error if text.startswith(prefix) else type(error)(prefix + text)
+    if text.startswith(prefix):
+        return error
+    renamed = type(error).__new__(type(error))
+    renamed.__dict__.update(error.__dict__)
+    renamed.args = (prefix + text,)
+    return renamed

@@ -258,23 +258,18 @@ class ModelManager:
         versions = await asyncio.to_thread(self.repository.versions, name)
         if not versions:
             raise NotFound(f"model '{name}' has no version folder in the repository")
-        if version is not None and version not in versions:
+        # An exact version asked for, else the one the config names: no other is ever served
+        # in its place.
+        exact = version if version is not None else settings.version_policy.version
+        if exact is not None and exact not in versions:
+            named = "" if version is not None else f"version_policy specific versions: [{exact}]: "
             raise NotFound(
-                f"model '{name}': version {version} is not in the repository; "
+                f"model '{name}': {named}version {exact} is not in the repository; "
                 f"versions there: {sorted(versions)}"
             )
-        pinned = settings.version_policy.version
-        if version is None and pinned is not None and pinned not in versions:
-            raise NotFound(
-                f"model '{name}': version_policy specific versions: [{pinned}]: version "
-                f"{pinned} is not in the repository; versions there: {sorted(versions)}"
-            )
         record = self._records.setdefault(name, ModelRecord(name, ModelState.LOADING))
-        if version is not None:
-            candidates = [version]
-        elif pinned is not None:
-            # The config names its version: no other is ever served in its place.
-            candidates = [pinned]
+        if exact is not None:
+            candidates = [exact]
         else:
             candidates = sorted(versions, reverse=True) if fall_back else [max(versions)]
         if record.serving is None:

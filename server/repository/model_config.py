@@ -24,7 +24,7 @@ from google.protobuf import json_format, text_format
 from google.protobuf.message import DecodeError
 
 from trtserve.protocol import model_config_pb2
-from trtserve.protocol.datatypes import BY_CONFIG_NAME, BY_NAME
+from trtserve.protocol.datatypes import BY_CONFIG_NAME, BY_NAME, Datatype
 from trtserve.protocol.descriptor_pool import POOL
 from trtserve.server.errors import FailedPrecondition, InvalidArgument
 from trtserve.server.repository.config_fields import unsupported_fields
@@ -202,12 +202,7 @@ def _warmup(
     inputs = []
     for name in sorted(sample.inputs):
         item = sample.inputs[name]
-        config_type = model_config_pb2.DataType.Name(item.data_type)
-        if config_type not in BY_CONFIG_NAME or item.data_type == 0:
-            raise InvalidArgument(
-                f"{where}: input '{name}': data_type: expected one of "
-                f"{', '.join(BY_CONFIG_NAME)}, received {config_type}"
-            )
+        datatype = _config_datatype(f"{where}: input '{name}'", item.data_type)
         choice = item.WhichOneof("input_data_type")
         if choice is None:
             raise InvalidArgument(
@@ -225,9 +220,8 @@ def _warmup(
                 f"{where}: input '{name}': dims: expected fixed sizes (>= 0), received "
                 f"{list(item.dims)}"
             )
-        datatype = BY_CONFIG_NAME[config_type].name
         inputs.append(
-            (name, WarmupInput(datatype, tuple(item.dims), _WARMUP_SOURCES[choice], file))
+            (name, WarmupInput(datatype.name, tuple(item.dims), _WARMUP_SOURCES[choice], file))
         )
     batch_size = sample.batch_size if batched else 0
     return WarmupSample(sample.name, batch_size, max(sample.count, 1), tuple(inputs))
@@ -318,13 +312,9 @@ def _tensors(
                 f"received it twice"
             )
         seen.add(tensor.name)
-        type_name = model_config_pb2.DataType.Name(tensor.data_type)
-        datatype = BY_CONFIG_NAME.get(type_name)
-        if datatype is None:
-            raise InvalidArgument(
-                f"model '{model_name}': {role} '{tensor.name}': data_type: expected one of "
-                f"{', '.join(BY_CONFIG_NAME)}, received {type_name}"
-            )
+        datatype = _config_datatype(
+            f"model '{model_name}': {role} '{tensor.name}'", tensor.data_type
+        )
         bad = [d for d in tensor.dims if d < -1]
         if bad:
             raise InvalidArgument(
@@ -335,6 +325,17 @@ def _tensors(
         reshape = _reshape(model_name, role, tensor, dims)
         specs.append(TensorSpec(tensor.name, datatype.name, dims, reshape))
     return tuple(specs)
+
+
+def _config_datatype(where: str, data_type: int) -> Datatype:
+    """The v2 datatype of a config's `data_type`; InvalidArgument naming it otherwise."""
+    type_name = model_config_pb2.DataType.Name(data_type)
+    datatype = BY_CONFIG_NAME.get(type_name)
+    if datatype is None:
+        raise InvalidArgument(
+            f"{where}: data_type: expected one of {', '.join(BY_CONFIG_NAME)}, received {type_name}"
+        )
+    return datatype
 
 
 def _reshape(

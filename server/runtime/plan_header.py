@@ -65,8 +65,9 @@ class LegacyEngineError(PlanHeaderError):
     """
 
     def __init__(self, version: TrtVersion | None, where: str = "") -> None:
+        self.version = version
         prefix = f"{where}: " if where else ""
-        if version is not None and (version.major, version.minor) >= MIN_VERSION:
+        if not self.before_version_compatibility:
             message = (
                 f"a bare TensorRT {version} engine section, without the 'ftrt' plan container "
                 "that TensorRT writes around it (an engine cut out of a plan file?): serve the "
@@ -82,7 +83,6 @@ class LegacyEngineError(PlanHeaderError):
                 "flag, or serve it with the full TensorRT it was built with"
             )
         super().__init__(prefix + message)
-        self.version = version
 
     @property
     def before_version_compatibility(self) -> bool:
@@ -150,6 +150,11 @@ class PlanHeader:
         return any(e.tag == TAG_PLUGINS for e in self.entries)
 
     @property
+    def engine(self) -> PlanEntry:
+        """The ENGN entry (the reader refuses a plan without one)."""
+        return next(e for e in self.entries if e.tag == TAG_ENGINE)
+
+    @property
     def has_host_code(self) -> bool:
         """True when loading the plan runs code it carries (a lean runtime or plugin library)."""
         return self.has_lean_runtime or self.has_plugins
@@ -201,7 +206,7 @@ def read_plan_header_file(path: str | os.PathLike[str]) -> PlanHeader:
 
 def read_engine_section(path: str | os.PathLike[str], header: PlanHeader) -> bytes:
     """The bytes of the plan file's ENGN entry (the header was read from the same file)."""
-    engine = next(e for e in header.entries if e.tag == TAG_ENGINE)
+    engine = header.engine
     try:
         with Path(path).open("rb") as f:
             f.seek(engine.offset)
@@ -212,8 +217,7 @@ def read_engine_section(path: str | os.PathLike[str], header: PlanHeader) -> byt
 
 def engine_section(data: bytes, header: PlanHeader) -> memoryview:
     """The ENGN entry of a plan held in memory, without a copy."""
-    engine = next(e for e in header.entries if e.tag == TAG_ENGINE)
-    return memoryview(data)[engine.offset : engine.end]
+    return memoryview(data)[header.engine.offset : header.engine.end]
 
 
 def _table_size(head: bytes) -> int:

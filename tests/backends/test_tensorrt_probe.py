@@ -25,3 +25,16 @@ def test_probe_failure_in_the_child_is_a_failed_precondition(tmp_path: Path) -> 
 def test_the_child_the_probe_runs_is_a_module_here() -> None:
     # A wrong name would fail every probe as a refused plan, which the test above cannot tell.
     assert importlib.util.find_spec(CHILD_MODULE) is not None
+
+
+def test_a_prefixed_error_keeps_its_class_and_attributes() -> None:
+    from trtserve.server.backends.tensorrt_model import DeserializationFailed, prefixed
+    from trtserve.server.runtime.cuda_device import CudaError
+
+    failed = prefixed(DeserializationFailed("plan.plan: no engine", "Engine failed"), "m")
+    assert isinstance(failed, DeserializationFailed)
+    assert str(failed) == "model 'm': plan.plan: no engine"
+    assert failed.tensorrt_said == "Engine failed"
+    cuda = prefixed(CudaError("CUDA cudaMalloc failed", "cudaErrorMemoryAllocation"), "m")
+    assert isinstance(cuda, CudaError) and cuda.status == "cudaErrorMemoryAllocation"
+    assert str(cuda) == "model 'm': CUDA cudaMalloc failed"
