@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _protocol_pool.POOL.AddSerializedFile(b'\n\x1ftrtserve/protocol/cluster.proto\x12\x10trtserve.cluster\"\x19\n\tModelName\x12\x0c\n\x04name\x18\x01 \x01(\t\"-\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"(\n\x08\x44\x65\x63ision\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"L\n\x0cSystemRegion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x11\n\tbyte_size\x18\x04 \x01(\x04\"T\n\nCudaRegion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nraw_handle\x18\x02 \x01(\x0c\x12\x11\n\tdevice_id\x18\x03 \x01(\x03\x12\x11\n\tbyte_size\x18\x04 \x01(\x04\"(\n\nRegionName\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"0\n\x10UnavailableModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x94\x01\n\x0bJoinRequest\x12\x0e\n\x06worker\x18\x01 \x01(\x05\x12\x0b\n\x03pid\x18\x02 \x01(\x03\x12/\n\x07serving\x18\x03 \x03(\x0b\x32\x1e.trtserve.cluster.ModelVersion\x12\x37\n\x0bunavailable\x18\x04 \x03(\x0b\x32\".trtserve.cluster.UnavailableModel\"\x06\n\x04\x44one2\xaf\x03\n\nSupervisor\x12\x45\n\x04Load\x12\x1b.trtserve.cluster.ModelName\x1a\x1e.trtserve.cluster.ModelVersion\"\x00\x12?\n\x06Unload\x12\x1b.trtserve.cluster.ModelName\x1a\x16.trtserve.cluster.Done\"\x00\x12J\n\x0eRegisterSystem\x12\x1e.trtserve.cluster.SystemRegion\x1a\x16.trtserve.cluster.Done\"\x00\x12\x46\n\x0cRegisterCuda\x12\x1c.trtserve.cluster.CudaRegion\x1a\x16.trtserve.cluster.Done\"\x00\x12\x44\n\nUnregister\x12\x1c.trtserve.cluster.RegionName\x1a\x16.trtserve.cluster.Done\"\x00\x12?\n\x04Join\x12\x1d.trtserve.cluster.JoinRequest\x1a\x16.trtserve.cluster.Done\"\x00\x32\xec\x03\n\x06Worker\x12H\n\x07Prepare\x12\x1b.trtserve.cluster.ModelName\x1a\x1e.trtserve.cluster.ModelVersion\"\x00\x12>\n\x06\x43ommit\x12\x1a.trtserve.cluster.Decision\x1a\x16.trtserve.cluster.Done\"\x00\x12=\n\x05\x41\x62ort\x12\x1a.trtserve.cluster.Decision\x1a\x16.trtserve.cluster.Done\"\x00\x12?\n\x06Unload\x12\x1b.trtserve.cluster.ModelName\x1a\x16.trtserve.cluster.Done\"\x00\x12J\n\x0eRegisterSystem\x12\x1e.trtserve.cluster.SystemRegion\x1a\x16.trtserve.cluster.Done\"\x00\x12\x46\n\x0cRegisterCuda\x12\x1c.trtserve.cluster.CudaRegion\x1a\x16.trtserve.cluster.Done\"\x00\x12\x44\n\nUnregister\x12\x1c.trtserve.cluster.RegionName\x1a\x16.trtserve.cluster.Done\"\x00\x62\x06proto3')
+DESCRIPTOR = _protocol_pool.POOL.AddSerializedFile(b'\n\x1ftrtserve/protocol/cluster.proto\x12\x10trtserve.cluster\"\x19\n\tModelName\x12\x0c\n\x04name\x18\x01 \x01(\t\"-\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"/\n\rModelVersions\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\x03\"(\n\x08\x44\x65\x63ision\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"L\n\x0cSystemRegion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x11\n\tbyte_size\x18\x04 \x01(\x04\"T\n\nCudaRegion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nraw_handle\x18\x02 \x01(\x0c\x12\x11\n\tdevice_id\x18\x03 \x01(\x03\x12\x11\n\tbyte_size\x18\x04 \x01(\x04\"(\n\nRegionName\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"0\n\x10UnavailableModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x94\x01\n\x0bJoinRequest\x12\x0e\n\x06worker\x18\x01 \x01(\x05\x12\x0b\n\x03pid\x18\x02 \x01(\x03\x12/\n\x07serving\x18\x03 \x03(\x0b\x32\x1e.trtserve.cluster.ModelVersion\x12\x37\n\x0bunavailable\x18\x04 \x03(\x0b\x32\".trtserve.cluster.UnavailableModel\"\x06\n\x04\x44one2\xb0\x03\n\nSupervisor\x12\x46\n\x04Load\x12\x1b.trtserve.cluster.ModelName\x1a\x1f.trtserve.cluster.ModelVersions\"\x00\x12?\n\x06Unload\x12\x1b.trtserve.cluster.ModelName\x1a\x16.trtserve.cluster.Done\"\x00\x12J\n\x0eRegisterSystem\x12\x1e.trtserve.cluster.SystemRegion\x1a\x16.trtserve.cluster.Done\"\x00\x12\x46\n\x0cRegisterCuda\x12\x1c.trtserve.cluster.CudaRegion\x1a\x16.trtserve.cluster.Done\"\x00\x12\x44\n\nUnregister\x12\x1c.trtserve.cluster.RegionName\x1a\x16.trtserve.cluster.Done\"\x00\x12?\n\x04Join\x12\x1d.trtserve.cluster.JoinRequest\x1a\x16.trtserve.cluster.Done\"\x00\x32\xed\x03\n\x06Worker\x12I\n\x07Prepare\x12\x1b.trtserve.cluster.ModelName\x1a\x1f.trtserve.cluster.ModelVersions\"\x00\x12>\n\x06\x43ommit\x12\x1a.trtserve.cluster.Decision\x1a\x16.trtserve.cluster.Done\"\x00\x12=\n\x05\x41\x62ort\x12\x1a.trtserve.cluster.Decision\x1a\x16.trtserve.cluster.Done\"\x00\x12?\n\x06Unload\x12\x1b.trtserve.cluster.ModelName\x1a\x16.trtserve.cluster.Done\"\x00\x12J\n\x0eRegisterSystem\x12\x1e.trtserve.cluster.SystemRegion\x1a\x16.trtserve.cluster.Done\"\x00\x12\x46\n\x0cRegisterCuda\x12\x1c.trtserve.cluster.CudaRegion\x1a\x16.trtserve.cluster.Done\"\x00\x12\x44\n\nUnregister\x12\x1c.trtserve.cluster.RegionName\x1a\x16.trtserve.cluster.Done\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,22 +36,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELNAME']._serialized_end=78
   _globals['_MODELVERSION']._serialized_start=80
   _globals['_MODELVERSION']._serialized_end=125
-  _globals['_DECISION']._serialized_start=127
-  _globals['_DECISION']._serialized_end=167
-  _globals['_SYSTEMREGION']._serialized_start=169
-  _globals['_SYSTEMREGION']._serialized_end=245
-  _globals['_CUDAREGION']._serialized_start=247
-  _globals['_CUDAREGION']._serialized_end=331
-  _globals['_REGIONNAME']._serialized_start=333
-  _globals['_REGIONNAME']._serialized_end=373
-  _globals['_UNAVAILABLEMODEL']._serialized_start=375
-  _globals['_UNAVAILABLEMODEL']._serialized_end=423
-  _globals['_JOINREQUEST']._serialized_start=426
-  _globals['_JOINREQUEST']._serialized_end=574
-  _globals['_DONE']._serialized_start=576
-  _globals['_DONE']._serialized_end=582
-  _globals['_SUPERVISOR']._serialized_start=585
-  _globals['_SUPERVISOR']._serialized_end=1016
-  _globals['_WORKER']._serialized_start=1019
-  _globals['_WORKER']._serialized_end=1511
+  _globals['_MODELVERSIONS']._serialized_start=127
+  _globals['_MODELVERSIONS']._serialized_end=174
+  _globals['_DECISION']._serialized_start=176
+  _globals['_DECISION']._serialized_end=216
+  _globals['_SYSTEMREGION']._serialized_start=218
+  _globals['_SYSTEMREGION']._serialized_end=294
+  _globals['_CUDAREGION']._serialized_start=296
+  _globals['_CUDAREGION']._serialized_end=380
+  _globals['_REGIONNAME']._serialized_start=382
+  _globals['_REGIONNAME']._serialized_end=422
+  _globals['_UNAVAILABLEMODEL']._serialized_start=424
+  _globals['_UNAVAILABLEMODEL']._serialized_end=472
+  _globals['_JOINREQUEST']._serialized_start=475
+  _globals['_JOINREQUEST']._serialized_end=623
+  _globals['_DONE']._serialized_start=625
+  _globals['_DONE']._serialized_end=631
+  _globals['_SUPERVISOR']._serialized_start=634
+  _globals['_SUPERVISOR']._serialized_end=1066
+  _globals['_WORKER']._serialized_start=1069
+  _globals['_WORKER']._serialized_end=1562
 # @@protoc_insertion_point(module_scope)

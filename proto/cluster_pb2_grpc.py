@@ -38,7 +38,7 @@ class SupervisorStub(object):
         self.Load = channel.unary_unary(
                 '/trtserve.cluster.Supervisor/Load',
                 request_serializer=trtserve_dot_protocol_dot_cluster__pb2.ModelName.SerializeToString,
-                response_deserializer=trtserve_dot_protocol_dot_cluster__pb2.ModelVersion.FromString,
+                response_deserializer=trtserve_dot_protocol_dot_cluster__pb2.ModelVersions.FromString,
                 _registered_method=True)
         self.Unload = channel.unary_unary(
                 '/trtserve.cluster.Supervisor/Unload',
@@ -72,8 +72,8 @@ class SupervisorServicer(object):
     """
 
     def Load(self, request, context):
-        """Prepare the model's newest version in every worker, then commit it in all or abort it in
-        all: a failure in one leaves every worker on its previous version.
+        """Prepare the model's versions in every worker, then commit them in all or abort them in
+        all: a failure in one leaves every worker on its previous versions.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -117,7 +117,7 @@ def add_SupervisorServicer_to_server(servicer, server):
             'Load': grpc.unary_unary_rpc_method_handler(
                     servicer.Load,
                     request_deserializer=trtserve_dot_protocol_dot_cluster__pb2.ModelName.FromString,
-                    response_serializer=trtserve_dot_protocol_dot_cluster__pb2.ModelVersion.SerializeToString,
+                    response_serializer=trtserve_dot_protocol_dot_cluster__pb2.ModelVersions.SerializeToString,
             ),
             'Unload': grpc.unary_unary_rpc_method_handler(
                     servicer.Unload,
@@ -172,7 +172,7 @@ class Supervisor(object):
             target,
             '/trtserve.cluster.Supervisor/Load',
             trtserve_dot_protocol_dot_cluster__pb2.ModelName.SerializeToString,
-            trtserve_dot_protocol_dot_cluster__pb2.ModelVersion.FromString,
+            trtserve_dot_protocol_dot_cluster__pb2.ModelVersions.FromString,
             options,
             channel_credentials,
             insecure,
@@ -332,7 +332,7 @@ class WorkerStub(object):
         self.Prepare = channel.unary_unary(
                 '/trtserve.cluster.Worker/Prepare',
                 request_serializer=trtserve_dot_protocol_dot_cluster__pb2.ModelName.SerializeToString,
-                response_deserializer=trtserve_dot_protocol_dot_cluster__pb2.ModelVersion.FromString,
+                response_deserializer=trtserve_dot_protocol_dot_cluster__pb2.ModelVersions.FromString,
                 _registered_method=True)
         self.Commit = channel.unary_unary(
                 '/trtserve.cluster.Worker/Commit',
@@ -418,7 +418,7 @@ def add_WorkerServicer_to_server(servicer, server):
             'Prepare': grpc.unary_unary_rpc_method_handler(
                     servicer.Prepare,
                     request_deserializer=trtserve_dot_protocol_dot_cluster__pb2.ModelName.FromString,
-                    response_serializer=trtserve_dot_protocol_dot_cluster__pb2.ModelVersion.SerializeToString,
+                    response_serializer=trtserve_dot_protocol_dot_cluster__pb2.ModelVersions.SerializeToString,
             ),
             'Commit': grpc.unary_unary_rpc_method_handler(
                     servicer.Commit,
@@ -478,7 +478,7 @@ class Worker(object):
             target,
             '/trtserve.cluster.Worker/Prepare',
             trtserve_dot_protocol_dot_cluster__pb2.ModelName.SerializeToString,
-            trtserve_dot_protocol_dot_cluster__pb2.ModelVersion.FromString,
+            trtserve_dot_protocol_dot_cluster__pb2.ModelVersions.FromString,
             options,
             channel_credentials,
             insecure,

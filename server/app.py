@@ -408,7 +408,7 @@ async def serve(settings: ServerSettings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    ready = [m.name for m in running.manager.serving_models()]
+    ready = sorted({m.name for m in running.manager.serving_models()})
     announce_ready(settings, running.grpc_port, running.metrics_port, ready)
     await stop.wait()
     log.info("shutting down: draining for up to %.1f s", settings.grace_period_s)

@@ -76,6 +76,15 @@ class Internal(ServerError):
     kind = "internal"
 
 
+def reworded(error: ServerError, message: str) -> ServerError:
+    """A copy of `error` saying `message`: its class and attributes kept, whatever its
+    constructor takes (DeserializationFailed's TensorRT words, CudaError's status)."""
+    copy = type(error).__new__(type(error))
+    copy.__dict__.update(error.__dict__)
+    copy.args = (message,)
+    return copy
+
+
 def outcome(error: BaseException | None) -> str:
     """The `outcome` label of a request metric: "success", or the error's kind."""
     if error is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, values
@@ -339,7 +339,7 @@ class ServerMetrics:
         )
         self._statistics_source = statistics_source or self._own_statistics_families
         self._bound: dict[tuple[str, str], VersionMetrics] = {}
-        self._state_version: dict[str, str] = {}
+        self._state_versions: dict[str, tuple[str, ...]] = {}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -371,25 +371,26 @@ class ServerMetrics:
         self.shared_memory_regions.labels(kind).set(regions)
         self.shared_memory_bytes.labels(kind).set(nbytes)
 
-    def set_state(self, model: str, version: str, state: ModelState) -> None:
-        """Mark the state of a model's current version.
+    def set_state(self, model: str, versions: Sequence[str], state: ModelState) -> None:
+        """Mark the state of a model's current versions.
 
-        A model has state series for one version only: the one it serves, is loading, or
-        last served. An unloaded model keeps them, UNAVAILABLE at 1, so alerts on a model that
-        went away still see it; the series of every other version are removed (in
+        A model has state series for its current versions only: those it serves, is loading,
+        or last served. An unloaded model keeps them, UNAVAILABLE at 1, so alerts on a model
+        that went away still see it; the series of every other version are removed (in
         multiprocess mode, set to 0).
         """
         with self._lock:
-            previous = self._state_version.get(model)
-            self._state_version[model] = version
-        if previous is not None and previous != version:
+            previous = self._state_versions.get(model, ())
+            self._state_versions[model] = tuple(versions)
+        for gone in set(previous) - set(versions):
             for s in ModelState:
                 # Zeroed first: in multiprocess mode the file keeps a removed series' value.
-                self.model_state.labels(model, previous, s).set(0)
+                self.model_state.labels(model, gone, s).set(0)
                 if not MULTIPROCESS:
-                    self.model_state.remove(model, previous, s)
-        for s in ModelState:
-            self.model_state.labels(model, version, s).set(1 if s == state else 0)
+                    self.model_state.remove(model, gone, s)
+        for version in versions:
+            for s in ModelState:
+                self.model_state.labels(model, version, s).set(1 if s == state else 0)
 
     def drop_version(self, model: str, version: str) -> None:
         """Forget a version that stopped serving: its series, but the state's.

@@ -6,6 +6,7 @@ the backends (which report the tensors a model file really has).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -67,15 +68,38 @@ class BatchingSettings:
     max_queue_size: int = 0
 
 
+class PolicyKind(StrEnum):
+    """Triton's three version policies."""
+
+    LATEST = "latest"
+    ALL = "all"
+    SPECIFIC = "specific"
+
+
 @dataclass(frozen=True)
 class VersionPolicy:
-    """Which version of a model is served: the newest (Triton's `latest { num_versions: 1 }`,
-    the default) or exactly `version` (`specific { versions: [N] }`)."""
+    """Which versions of a model are served, as Triton's `version_policy` says: the `count`
+    newest (`latest`, one by default), every one (`all`), or exactly `versions` (`specific`)."""
 
-    version: int | None = None
+    kind: PolicyKind = PolicyKind.LATEST
+    count: int = 1
+    versions: tuple[int, ...] = ()
+
+    def choose(self, available: Sequence[int]) -> list[int]:
+        """The versions of `available` this policy serves, newest first."""
+        newest_first = sorted(set(available), reverse=True)
+        if self.kind is PolicyKind.LATEST:
+            return newest_first[: self.count]
+        if self.kind is PolicyKind.ALL:
+            return newest_first
+        return sorted(set(self.versions), reverse=True)
 
     def describe(self) -> str:
-        return "the newest version" if self.version is None else f"version {self.version}"
+        if self.kind is PolicyKind.LATEST:
+            return "the newest version" if self.count == 1 else f"the {self.count} newest versions"
+        if self.kind is PolicyKind.ALL:
+            return "every version"
+        return "versions " + ", ".join(str(v) for v in sorted(self.versions))
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ def test_the_whole_registry_reads_the_same_and_other_families_add_no_versions() 
     metrics = ServerMetrics(registry)
     record_known(metrics.version("m", "1"))
     # A model whose only series is its state: not a version with statistics.
-    metrics.set_state("other", "3", ModelState.UNAVAILABLE)
+    metrics.set_state("other", ["3"], ModelState.UNAVAILABLE)
     assert version_statistics(registry.collect()) == metrics.statistics()
 
 
@@ -163,3 +163,17 @@ def test_the_data_plane_lists_only_the_versions_it_serves() -> None:
     assert every[1][2] == VersionStats()
     assert [(m, v) for m, v, _ in plane.statistics("m", "")] == [("m", "2")]
     assert plane.statistics("m", "1") == []
+
+
+def test_each_served_version_has_state_series_and_a_dropped_one_loses_them() -> None:
+    registry = CollectorRegistry()
+    metrics = ServerMetrics(registry)
+
+    def ready(version: str) -> float | None:
+        labels = {"model": "m", "version": version, "state": "READY"}
+        return registry.get_sample_value("trtserve_model_state", labels)
+
+    metrics.set_state("m", ["1", "2"], ModelState.READY)
+    assert (ready("1"), ready("2")) == (1.0, 1.0)
+    metrics.set_state("m", ["2", "3"], ModelState.READY)
+    assert (ready("1"), ready("2"), ready("3")) == (None, 1.0, 1.0)

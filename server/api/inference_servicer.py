@@ -78,7 +78,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         model = self._plane.model(_required(request.name, "name"), request.version)
         batch = [-1] if model.settings.max_batch_size > 0 else []
         reply = pb.ModelMetadataResponse(
-            name=model.name, versions=[str(model.version)], platform=model.settings.platform
+            name=model.name,
+            versions=[str(v) for v in self._plane.versions(model.name)],
+            platform=model.settings.platform,
         )
         for spec in model.inputs.values():
             reply.inputs.add(name=spec.name, datatype=spec.datatype, shape=batch + list(spec.shape))

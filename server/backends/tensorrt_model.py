@@ -20,7 +20,7 @@ from trtserve.server.backends.tensorrt_tensors import (
     profile_bounds,
     tensor_spec,
 )
-from trtserve.server.errors import FailedPrecondition, ServerError
+from trtserve.server.errors import FailedPrecondition, ServerError, reworded
 from trtserve.server.runtime.cuda_device import require_device, use_device
 from trtserve.server.runtime.lean_cache import LeanCache, LeanRuntimeLease
 from trtserve.server.runtime.routing import Route, RouteKind
@@ -155,16 +155,7 @@ class DeserializationFailed(FailedPrecondition):
 
 
 def prefixed(error: ServerError, name: str) -> ServerError:
-    """`error` with its message starting "model '<name>': " (once).
-
-    The copy keeps the error's class and attributes (DeserializationFailed's TensorRT words,
-    CudaError's status), whatever its constructor takes.
-    """
+    """`error` with its message starting "model '<name>': " (once)."""
     prefix = f"model '{name}': "
     text = str(error)
-    if text.startswith(prefix):
-        return error
-    renamed = type(error).__new__(type(error))
-    renamed.__dict__.update(error.__dict__)
-    renamed.args = (prefix + text,)
-    return renamed
+    return error if text.startswith(prefix) else reworded(error, prefix + text)

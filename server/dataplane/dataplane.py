@@ -145,6 +145,10 @@ class DataPlane:
         """The serving model; NotFound or Unavailable naming why not."""
         return self._manager.get(name, version)
 
+    def versions(self, name: str) -> list[int]:
+        """The versions of a model taking requests, oldest first."""
+        return self._manager.versions(name)
+
     def model_ready(self, name: str, version: str = "") -> bool:
         """Whether the model (version) takes requests now."""
         try:

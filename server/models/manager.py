@@ -1,7 +1,8 @@
 """Loads, reloads and unloads models, and tracks the state of each.
 
-A reload builds the new version completely (backend load, instances, scheduler) before it
-replaces the serving one, so a model that fails to load leaves the previous version serving.
+A model serves the versions its config's version_policy names (the newest by default). A
+reload builds the new versions completely (backend load, instances, scheduler) before they
+replace the served ones, so a model that fails to load leaves the previous versions serving.
 The two steps are separate calls, `prepare` and `commit` (or `abort`), so that several worker
 processes can each prepare a version and then all commit it or all abort it.
 """
@@ -9,12 +10,19 @@ processes can each prepare a version and then all commit it or all abort it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from trtserve.server.backends.base import Backend, LoadedModel, ModelInstance, Placement
-from trtserve.server.errors import FailedPrecondition, NotFound, ServerError, Unavailable
+from trtserve.server.errors import (
+    FailedPrecondition,
+    NotFound,
+    ServerError,
+    Unavailable,
+    reworded,
+)
 from trtserve.server.metrics import ServerMetrics
 from trtserve.server.model_state import ModelState
 from trtserve.server.models.changes import LocalChanges, ModelChanges
@@ -28,7 +36,7 @@ from trtserve.server.repository.transaction import (
     recover_interrupted,
 )
 from trtserve.server.scheduler.batcher import ModelScheduler, SchedulerConfig
-from trtserve.server.specs import DeviceKind, ModelSettings
+from trtserve.server.specs import DeviceKind, ModelSettings, PolicyKind
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +51,22 @@ class ModelRecord:
     name: str
     state: ModelState
     reason: str = ""
-    serving: ServingModel | None = None
+    # The versions taking requests, by number.
+    served: dict[int, ServingModel] = field(default_factory=dict)
+    # Versions the policy names that failed to load at start-up while others serve, with why.
+    failed: dict[int, str] = field(default_factory=dict)
+
+    def newest(self) -> ServingModel | None:
+        """The version a request that names none goes to (Triton: the highest served)."""
+        return self.served[max(self.served)] if self.served else None
+
+
+@dataclass
+class PreparedLoad:
+    """Versions built by `prepare`, waiting for `commit` or `abort`."""
+
+    versions: dict[int, ServingModel]
+    failed: dict[int, str]
 
 
 @dataclass(frozen=True)
@@ -74,8 +97,7 @@ class ModelManager:
         self._default_max_queue_size = default_max_queue_size
         self._max_inline_execution_us = max_inline_execution_us
         self._records: dict[str, ModelRecord] = {}
-        # Versions built by `prepare`, waiting for `commit` or `abort`.
-        self._prepared: dict[str, ServingModel] = {}
+        self._prepared: dict[str, PreparedLoad] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         # Where a client's load or unload is applied; a worker process replaces it.
         self.changes: ModelChanges = LocalChanges(self)
@@ -105,11 +127,11 @@ class ModelManager:
                 if name not in self._records:
                     self._records[name] = ModelRecord(name, ModelState.UNAVAILABLE, str(error))
 
-    async def load_versions(self, versions: Mapping[str, int]) -> None:
+    async def load_versions(self, versions: Mapping[str, Sequence[int]]) -> None:
         """Load exactly these versions (a restarted worker joining the others); fails on any."""
-        for name, version in versions.items():
+        for name, numbers in versions.items():
             async with self._lock(name):
-                await self.prepare(name, version=version)
+                await self.prepare(name, versions=numbers)
                 await self.commit(name)
 
     async def load(
@@ -119,7 +141,9 @@ class ModelManager:
         config_json: str | None = None,
         files: Mapping[str, bytes | StagedFile] | None = None,
     ) -> ServingModel:
-        """Write the given config and files, then (re)load the model's newest version.
+        """Write the given config and files, then (re)load the versions its policy names.
+
+        Returns the newest version served.
 
         The writes are undone when the load fails, so the folder keeps serving what it served.
         The load itself goes through `changes`: this process, or every worker.
@@ -163,61 +187,69 @@ class ModelManager:
         """Stop serving a model; queued requests finish first. Files stay in the repository."""
         async with self._lock(name):
             record = self._records.get(name)
-            if record is None or record.serving is None:
+            if record is None or not record.served:
                 raise NotFound(f"model '{name}' is not loaded")
             await self.changes.unload(name)
 
     async def unload_here(self, name: str) -> None:
         """Stop serving a model in this process (a no-op when it serves none)."""
         record = self._records.get(name)
-        if record is None or record.serving is None:
+        if record is None or not record.served:
             return
-        serving = record.serving
-        self._set_state(record, ModelState.UNLOADING, "", str(serving.version))
-        await serving.close(drain=True)
-        record.serving = None
-        self._set_state(record, ModelState.UNAVAILABLE, UNLOADED, str(serving.version))
-        self._metrics.drop_version(name, str(serving.version))
+        versions = sorted(record.served)
+        self._set_state(record, ModelState.UNLOADING, "", versions)
+        for serving in record.served.values():
+            await serving.close(drain=True)
+        record.served = {}
+        record.failed = {}
+        self._set_state(record, ModelState.UNAVAILABLE, UNLOADED, versions)
+        for version in versions:
+            self._metrics.drop_version(name, str(version))
 
     def get(self, name: str, version: str = "") -> ServingModel:
-        """The serving model for a request; NotFound or Unavailable with the reason."""
+        """The version a request names (none: the newest served); NotFound or Unavailable
+        with the reason."""
         record = self._records.get(name)
         if record is None:
             raise NotFound(f"unknown model '{name}'; loaded models: {self._ready_names()}")
-        if record.serving is None:
+        newest = record.newest()
+        if newest is None:
             raise Unavailable(
                 f"model '{name}' is not ready (state {record.state.value}"
                 + (f": {record.reason})" if record.reason else ")")
             )
-        if version and version != str(record.serving.version):
-            raise NotFound(
-                f"model '{name}': version {version!r} is not served; "
-                f"served version: {record.serving.version}"
-            )
-        return record.serving
+        if not version:
+            return newest
+        for number, serving in record.served.items():
+            if str(number) == version:
+                return serving
+        served = sorted(record.served)
+        failed = record.failed.get(int(version)) if version.isdigit() else None
+        raise NotFound(
+            f"model '{name}': version {version!r} is not served"
+            + (f" (it failed to load: {failed})" if failed else "")
+            + f"; served versions: {served}"
+        )
+
+    def versions(self, name: str) -> list[int]:
+        """The versions of a model taking requests, oldest first."""
+        record = self._records.get(name)
+        return sorted(record.served) if record is not None else []
 
     async def index(self) -> list[IndexEntry]:
         """Every model known here or present in the repository, with its state."""
         # The scan reads the repository folder: off the event loop, as load_all's.
         names = await asyncio.to_thread(self.repository.model_names)
-        entries = {
-            name: IndexEntry(
-                name,
-                str(r.serving.version) if r.serving else "",
-                r.state.value,
-                r.reason,
-            )
-            for name, r in self._records.items()
-        }
+        entries = {name: _index_entries(record) for name, record in self._records.items()}
         for name in names:
             entries.setdefault(
-                name, IndexEntry(name, "", ModelState.UNAVAILABLE.value, "not loaded")
+                name, [IndexEntry(name, "", ModelState.UNAVAILABLE.value, "not loaded")]
             )
-        return [entries[n] for n in sorted(entries)]
+        return [entry for name in sorted(entries) for entry in entries[name]]
 
     def unavailable(self) -> dict[str, str]:
         """Every model known here but not served, with why."""
-        return {n: r.reason for n, r in self._records.items() if r.serving is None}
+        return {n: r.reason for n, r in self._records.items() if not r.served}
 
     def mark_unavailable(self, reasons: Mapping[str, str]) -> None:
         """Know these models as not served, with why (a worker joining the others)."""
@@ -226,101 +258,132 @@ class ModelManager:
 
     def serving_models(self) -> list[ServingModel]:
         """Every model version taking requests now."""
-        return [r.serving for r in self._records.values() if r.serving is not None]
+        return [s for r in self._records.values() for s in r.served.values()]
 
     async def close(self) -> None:
         """Drain and release every model."""
         for name in list(self._prepared):
             await self.abort(name, "the server is stopping")
         for record in list(self._records.values()):
-            if record.serving is not None:
-                await record.serving.close(drain=True)
-                record.serving = None
+            for serving in record.served.values():
+                await serving.close(drain=True)
+            record.served = {}
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
     def _ready_names(self) -> list[str]:
-        return sorted(n for n, r in self._records.items() if r.serving is not None)
+        return sorted(n for n, r in self._records.items() if r.served)
 
     async def prepare(
-        self, name: str, *, version: int | None = None, fall_back: bool = False
-    ) -> ServingModel:
-        """Build a version beside the served one, for `commit` or `abort`.
+        self, name: str, *, versions: Sequence[int] | None = None, fall_back: bool = False
+    ) -> list[ServingModel]:
+        """Build the versions to serve beside the served ones, for `commit` or `abort`.
 
-        The newest version by default, the one the config's version_policy names, or exactly
-        `version`; with `fall_back`, older versions are tried when the newest fails (used at
-        start-up, so a broken upload never takes down a model that has a good older version).
+        The versions the config's version_policy names, or exactly `versions`; every one must
+        load. With `fall_back` (start-up), a model serves what loads: the newest versions that
+        load for `latest`, those of the others that load; a broken upload never takes down a
+        model that has a good version. Returns the built versions, newest first.
         """
         if name in self._prepared:
             raise FailedPrecondition(f"model '{name}': another load of it is in progress")
         settings = await asyncio.to_thread(self.repository.read_settings, name)
-        versions = await asyncio.to_thread(self.repository.versions, name)
-        if not versions:
+        available = await asyncio.to_thread(self.repository.versions, name)
+        if not available:
             raise NotFound(f"model '{name}' has no version folder in the repository")
-        # An exact version asked for, else the one the config names: no other is ever served
-        # in its place.
-        exact = version if version is not None else settings.version_policy.version
-        if exact is not None and exact not in versions:
-            named = "" if version is not None else f"version_policy specific versions: [{exact}]: "
-            raise NotFound(
-                f"model '{name}': {named}version {exact} is not in the repository; "
-                f"versions there: {sorted(versions)}"
-            )
+        policy = settings.version_policy
+        wanted = sorted(set(versions), reverse=True) if versions else policy.choose(available)
+        _check_present(name, wanted, available, named=not versions)
         record = self._records.setdefault(name, ModelRecord(name, ModelState.LOADING))
-        if exact is not None:
-            candidates = [exact]
-        else:
-            candidates = sorted(versions, reverse=True) if fall_back else [max(versions)]
-        if record.serving is None:
-            self._set_state(record, ModelState.LOADING, "", str(candidates[0]))
+        if not record.served:
+            self._set_state(record, ModelState.LOADING, "", wanted)
+        # `latest` falls back to older versions in place of those that fail to load.
+        tried = wanted
+        if fall_back and not versions and policy.kind is PolicyKind.LATEST:
+            tried = sorted(available, reverse=True)
+        try:
+            prepared = await self._build_all(name, settings, tried, len(wanted), fall_back)
+        except ServerError as error:
+            self._failed(record, str(error), wanted)
+            raise
+        self._prepared[name] = prepared
+        return [prepared.versions[v] for v in sorted(prepared.versions, reverse=True)]
+
+    async def _build_all(
+        self,
+        name: str,
+        settings: ModelSettings,
+        tried: Sequence[int],
+        wanted: int,
+        fall_back: bool,
+    ) -> PreparedLoad:
+        """Build versions in the order of `tried` until `wanted` have loaded.
+
+        Without `fall_back` the first failure closes what was built and is raised.
+        """
+        prepared = PreparedLoad({}, {})
         error: ServerError | None = None
-        for candidate in candidates:
+        for version in tried:
+            if len(prepared.versions) == wanted:
+                break
             try:
-                serving = await self._build(name, candidate, settings)
+                prepared.versions[version] = await self._build(name, version, settings)
             except ServerError as e:
-                log.warning("model %s version %d failed to load: %s", name, candidate, e)
-                error = e
-                continue
-            self._prepared[name] = serving
-            return serving
-        assert error is not None
-        self._failed(record, str(error), str(candidates[0]))
-        raise error
+                error = _naming_version(e, name, version)
+                log.warning("%s", error)
+                prepared.failed[version] = str(error)
+                if not fall_back:
+                    await self._discard(name, prepared)
+                    raise error from None
+        if not prepared.versions:
+            assert error is not None
+            raise error
+        return prepared
+
+    async def _discard(self, name: str, prepared: PreparedLoad) -> None:
+        """Close built versions that will not serve; drop the metrics of those not served."""
+        record = self._records.get(name)
+        served = record.served if record is not None else {}
+        for version, serving in prepared.versions.items():
+            await serving.close(drain=True)
+            if version not in served:  # a served version shares these metrics
+                self._metrics.drop_version(name, str(version))
 
     async def commit(self, name: str) -> ServingModel:
-        """Serve the prepared version; the one it replaces drains, then closes."""
-        serving = self._prepared.pop(name)
+        """Serve the prepared versions; those they replace drain, then close.
+
+        Returns the newest version now served.
+        """
+        prepared = self._prepared.pop(name)
         record = self._records[name]
-        previous = record.serving
-        record.serving = serving
-        self._set_state(record, ModelState.READY, "", str(serving.version))
-        if previous is not None:
-            await previous.close(drain=True)
-            if previous.version != serving.version:  # the same version shares its metrics
-                self._metrics.drop_version(name, str(previous.version))
-        return serving
+        previous = record.served
+        record.served = dict(sorted(prepared.versions.items()))
+        record.failed = prepared.failed
+        self._set_state(record, ModelState.READY, "", sorted(record.served))
+        for version, serving in previous.items():
+            await serving.close(drain=True)
+            if version not in record.served:  # the same version shares its metrics
+                self._metrics.drop_version(name, str(version))
+        newest = record.newest()
+        assert newest is not None
+        return newest
 
     async def abort(self, name: str, reason: str) -> None:
-        """Close the prepared version unused (another worker failed to prepare it)."""
-        serving = self._prepared.pop(name, None)
-        if serving is None:
+        """Close the prepared versions unused (another worker failed to prepare them)."""
+        prepared = self._prepared.pop(name, None)
+        if prepared is None:
             return
-        await serving.close(drain=True)
-        record = self._records[name]
-        served = record.serving.version if record.serving is not None else None
-        if served != serving.version:  # the same version shares its metrics
-            self._metrics.drop_version(name, str(serving.version))
-        self._failed(record, reason, str(serving.version))
+        await self._discard(name, prepared)
+        self._failed(self._records[name], reason, sorted(prepared.versions))
 
-    def _failed(self, record: ModelRecord, reason: str, version: str) -> None:
-        """Record a failed load: UNAVAILABLE, or the previous version still serving."""
-        if record.serving is None:
-            self._set_state(record, ModelState.UNAVAILABLE, reason, version)
+    def _failed(self, record: ModelRecord, reason: str, versions: Sequence[int]) -> None:
+        """Record a failed load: UNAVAILABLE, or the previous versions still serving."""
+        if not record.served:
+            self._set_state(record, ModelState.UNAVAILABLE, reason, versions)
         else:
-            record.reason = (
-                f"reload failed, version {record.serving.version} still serving: {reason}"
-            )
+            served = sorted(record.served)
+            which = f"version {served[0]}" if len(served) == 1 else f"versions {served}"
+            record.reason = f"reload failed, {which} still serving: {reason}"
 
     async def _build(self, name: str, version: int, settings: ModelSettings) -> ServingModel:
         backend = self._backends.get(settings.platform)
@@ -374,21 +437,58 @@ class ModelManager:
             max_inline_execution_us=self._max_inline_execution_us,
         )
 
-    def _set_state(self, record: ModelRecord, state: ModelState, reason: str, version: str) -> None:
+    def _set_state(
+        self, record: ModelRecord, state: ModelState, reason: str, versions: Sequence[int]
+    ) -> None:
         record.state = state
         record.reason = reason
-        self._metrics.set_state(record.name, version, state)
+        self._metrics.set_state(record.name, [str(v) for v in versions], state)
         if self.on_state_change is not None:
             self.on_state_change(record.name, state)
         log.info(
             "model state changed",
             extra={
                 "model": record.name,
-                "version": version,
+                "version": ",".join(str(v) for v in versions),
                 "state": state.value,
                 "reason": reason,
             },
         )
+
+
+def _check_present(name: str, wanted: Sequence[int], available: Sequence[int], named: bool) -> None:
+    """NotFound naming the versions asked for that the repository lacks, and those it has."""
+    missing = sorted(v for v in wanted if v not in available)
+    if not missing:
+        return
+    where = "version_policy specific versions: " if named else ""
+    which = f"version {missing[0]} is" if len(missing) == 1 else f"versions {missing} are"
+    raise NotFound(
+        f"model '{name}': {where}{which} not in the repository; versions there: {sorted(available)}"
+    )
+
+
+def _naming_version(error: ServerError, name: str, version: int) -> ServerError:
+    """`error` saying which version failed: "model 'm' version 2: ..."."""
+    text = str(error)
+    named = f"model '{name}' version {version}"
+    if text.startswith(named):
+        return error
+    text = text.removeprefix(f"model '{name}': ")
+    return reworded(error, f"{named}: {text}")
+
+
+def _index_entries(record: ModelRecord) -> list[IndexEntry]:
+    """A model's lines of the index: one per served or failed version, or one for the model."""
+    lines = {v: IndexEntry(record.name, str(v), record.state.value, "") for v in record.served}
+    for version, reason in record.failed.items():
+        lines[version] = IndexEntry(record.name, str(version), ModelState.UNAVAILABLE.value, reason)
+    if not lines:
+        return [IndexEntry(record.name, "", record.state.value, record.reason)]
+    if record.reason:  # a failed reload: said on the served versions' lines
+        for version in record.served:
+            lines[version] = dataclasses.replace(lines[version], reason=record.reason)
+    return [lines[v] for v in sorted(lines)]
 
 
 def _log_failure(change: asyncio.Future[ServingModel]) -> None:

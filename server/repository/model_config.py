@@ -34,6 +34,7 @@ from trtserve.server.specs import (
     InstanceGroup,
     ModelIO,
     ModelSettings,
+    PolicyKind,
     TensorSpec,
     VersionPolicy,
     WarmupInput,
@@ -228,38 +229,29 @@ def _warmup(
 
 
 def _version_policy(cfg: model_config_pb2.ModelConfig, model_name: str) -> VersionPolicy:
-    """Triton's version_policy, as far as a server of one version per model can follow it.
-
-    The newest version (`latest { num_versions: 1 }`, the default) or exactly one version
-    (`specific { versions: [N] }`); any policy that would serve several versions at once is
-    refused, never quietly narrowed.
-    """
+    """Triton's version_policy: latest N (one by default), all, or specific versions."""
     if not cfg.HasField("version_policy"):
         return VersionPolicy()
     policy = cfg.version_policy
     choice = policy.WhichOneof("policy_choice")
     where = f"model '{model_name}': version_policy"
-    several = "this server serves one version of a model at a time"
     if choice == "latest":
         count = policy.latest.num_versions
-        if count != 1:
+        if count < 1:
             raise InvalidArgument(
-                f"{where}: latest num_versions: expected 1 ({several}), received {count}"
+                f"{where}: latest num_versions: expected a number >= 1, received {count}"
             )
-        return VersionPolicy()
+        return VersionPolicy(PolicyKind.LATEST, count=count)
     if choice == "specific":
         versions = list(policy.specific.versions)
-        if len(versions) != 1 or versions[0] < 1:
+        if not versions or min(versions) < 1:
             raise InvalidArgument(
-                f"{where}: specific versions: expected exactly one version number >= 1 "
-                f"({several}), received {versions}"
+                f"{where}: specific versions: expected one or more version numbers >= 1, "
+                f"received {versions}"
             )
-        return VersionPolicy(versions[0])
+        return VersionPolicy(PolicyKind.SPECIFIC, versions=tuple(sorted(set(versions))))
     if choice == "all":
-        raise InvalidArgument(
-            f"{where}: all: not supported ({several}); use latest {{ num_versions: 1 }} or "
-            "specific { versions: [N] }"
-        )
+        return VersionPolicy(PolicyKind.ALL)
     return VersionPolicy()
 
 
@@ -463,10 +455,13 @@ def config_from_settings(
             dyn.default_queue_policy.max_queue_size = settings.batching.max_queue_size
     for key, value in settings.parameters.items():
         cfg.parameters[key].string_value = value
-    if settings.version_policy.version is None:
-        cfg.version_policy.latest.num_versions = 1
+    policy = settings.version_policy
+    if policy.kind is PolicyKind.LATEST:
+        cfg.version_policy.latest.num_versions = policy.count
+    elif policy.kind is PolicyKind.ALL:
+        cfg.version_policy.all.SetInParent()
     else:
-        cfg.version_policy.specific.versions.append(settings.version_policy.version)
+        cfg.version_policy.specific.versions.extend(policy.versions)
     return cfg
 
 

@@ -76,14 +76,16 @@ class Coordinator:
             )
         if not self.started.is_set() and request.worker == 0:
             # The first worker loaded the repository: the others serve what it serves.
-            self.state.models.update({m.name: m.version for m in request.serving})
+            for model in request.serving:
+                served = self.state.models.get(model.name, ())
+                self.state.models[model.name] = tuple(sorted((*served, model.version)))
             self.state.unavailable.update({m.name: m.reason for m in request.unavailable})
         if not handle.joined.done():
             handle.joined.set_result(None)
         await self.started.wait()
         return pb.Done()
 
-    async def Load(self, request: pb.ModelName, context: Any) -> pb.ModelVersion:
+    async def Load(self, request: pb.ModelName, context: Any) -> pb.ModelVersions:
         async with self.lock:
             outcomes = await self._each(lambda w: w.stub.Prepare(request))
             prepared = [o.worker for o in outcomes if o.error is None]
@@ -95,14 +97,17 @@ class Coordinator:
                 raise error
             decision = pb.Decision(name=request.name)
             await self._each(lambda w: w.stub.Commit(decision), prepared)
-            versions = {o.reply.version for o in outcomes if o.reply is not None}
-            version = max(versions) if versions else 0
-            self.state.models[request.name] = version
+            # Every worker built the same versions: the policy's, all of which must load.
+            versions = tuple(outcomes[0].reply.versions) if outcomes else ()
+            self.state.models[request.name] = versions
             self.state.unavailable.pop(request.name, None)
             log.info(
-                "model %s version %d loaded in %d workers", request.name, version, len(prepared)
+                "model %s versions %s loaded in %d workers",
+                request.name,
+                list(versions),
+                len(prepared),
             )
-            return pb.ModelVersion(name=request.name, version=version)
+            return pb.ModelVersions(name=request.name, versions=versions)
 
     async def Unload(self, request: pb.ModelName, context: Any) -> pb.Done:
         async with self.lock:

@@ -42,7 +42,7 @@ class ClusterState:
     served) lets it answer for the others as they do.
     """
 
-    models: dict[str, int] = field(default_factory=dict)
+    models: dict[str, tuple[int, ...]] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
     system_regions: dict[str, pb.SystemRegion] = field(default_factory=dict)
     cuda_regions: dict[str, pb.CudaRegion] = field(default_factory=dict)

@@ -16,9 +16,9 @@ class WorkerServicer:
         self._manager = manager
         self._registry = registry
 
-    async def Prepare(self, request: pb.ModelName, context: Any) -> pb.ModelVersion:
-        serving = await self._manager.prepare(request.name)
-        return pb.ModelVersion(name=request.name, version=serving.version)
+    async def Prepare(self, request: pb.ModelName, context: Any) -> pb.ModelVersions:
+        built = await self._manager.prepare(request.name)
+        return pb.ModelVersions(name=request.name, versions=sorted(m.version for m in built))
 
     async def Commit(self, request: pb.Decision, context: Any) -> pb.Done:
         await self._manager.commit(request.name)

@@ -128,3 +128,9 @@ def test_load_and_unload(
     assert (folder / "1" / "model.onnx").read_bytes() == onnx_bytes
     assert '"uploaded"' in (folder / "config.json").read_text()
     assert repository_server.process.poll() is None
+
+
+def test_several_versions_of_a_model_serve_at_once(
+    driver: ProcessPoolExecutor, repository_server: ServerProcess
+) -> None:
+    run(driver, "check_versions", repository_server.address, build_simple_model())

@@ -361,3 +361,44 @@ def check_aio_infer(address: str) -> None:
             await client.close()
 
     asyncio.run(scenario())
+
+
+@scenario
+def check_versions(address: str, onnx_bytes: bytes) -> None:
+    """version_policy all: both versions serve at once, each reachable by number."""
+    client = _client(address)
+    name = "versioned"
+    config = {
+        "name": name,
+        "platform": "onnxruntime_onnx",
+        "max_batch_size": 4,
+        "version_policy": {"all": {}},
+        "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
+    }
+    files = {f"file:{v}/model.onnx": onnx_bytes for v in (1, 2)}
+    client.load_model(name, config=json.dumps(config), files=files, client_timeout=TIMEOUT_S)
+    metadata = client.get_model_metadata(name, client_timeout=TIMEOUT_S)
+    assert list(metadata.versions) == ["1", "2"], metadata.versions
+    assert client.is_model_ready(name, "1") and client.is_model_ready(name, "2")
+    assert not client.is_model_ready(name, "3")
+    a, b = _operands(1, 2)
+    for asked, answered in (("1", "1"), ("2", "2"), ("", "2")):
+        result = client.infer(name, _inputs(a, b), model_version=asked, client_timeout=TIMEOUT_S)
+        _check_result(result, a, b)
+        assert result.get_response().model_version == answered, (asked, result.get_response())
+    _expect_status(lambda: client.infer(name, _inputs(a, b), model_version="3"), "NOT_FOUND")
+    stats = client.get_inference_statistics(name, client_timeout=TIMEOUT_S).model_stats
+    counts = {s.version: s.inference_stats.success.count for s in stats}
+    assert counts == {"1": 1, "2": 2}, counts
+    index = [m for m in client.get_model_repository_index().models if m.name == name]
+    assert [(m.version, m.state) for m in index] == [("1", "READY"), ("2", "READY")], index
+
+    # Back to the newest only: version 1 stops serving and leaves the statistics.
+    config["version_policy"] = {"latest": {"num_versions": 1}}
+    client.load_model(name, config=json.dumps(config), client_timeout=TIMEOUT_S)
+    assert not client.is_model_ready(name, "1")
+    _expect_status(lambda: client.infer(name, _inputs(a, b), model_version="1"), "NOT_FOUND")
+    stats = client.get_inference_statistics(name, client_timeout=TIMEOUT_S).model_stats
+    assert [s.version for s in stats] == ["2"], stats
+    client.unload_model(name, client_timeout=TIMEOUT_S)
+    client.close()

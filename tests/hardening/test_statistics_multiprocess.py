@@ -40,7 +40,7 @@ metrics = ServerMetrics(CollectorRegistry())
 lean = LeanRuntimeMetrics()
 lean.loaded.labels("10.0").set(1)
 for version in plan["serves"]:
-    metrics.set_state("m", version, ModelState.READY)
+    metrics.set_state("m", [version], ModelState.READY)
 bound = metrics.version("m", "1")
 bound.add_pending_source(lambda: plan["pending"])
 metrics.publish_pending()

@@ -7,6 +7,7 @@ trailing metadata names the worker that answered, and each test asserts that bot
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -67,9 +68,10 @@ class Connection:
         workers = [m.value for m in call.trailing_metadata() if m.key == "trtserve-worker"]
         self.worker = int(workers[0])
 
-    def infer_plus(self, model: str, constant: float) -> None:
+    def infer_plus(self, model: str, constant: float, version: str = "") -> None:
         """Infer once on an add-constant model and check the answer."""
         request, x = add_request(model)
+        request.model_version = version
         response = self.stub.ModelInfer(request, timeout=TIMEOUT_S)
         np.testing.assert_array_equal(output_of(response), x + constant)
 
@@ -255,10 +257,16 @@ def test_a_second_server_on_the_port_is_refused_naming_it(
 
 def test_a_killed_worker_comes_back_serving_what_the_others_serve(cluster: ServerProcess) -> None:
     # Changes made after the start: a restarted worker must take them from the others, not
-    # from the repository (which still holds plus1 and would not say plus3's state).
+    # from the repository (which still holds plus1 and would not say plus3's state). plus3
+    # serves two versions at once: +3 as version 1, +4 as version 2.
+    plus3 = load_request("plus3", 3.0)
+    config = json.loads(add_config("plus3"))
+    config["version_policy"] = {"latest": {"num_versions": 2}}
+    plus3.parameters["config"].string_param = json.dumps(config)
+    plus3.parameters["file:2/model.onnx"].bytes_param = add_constant_model(4.0)
     with grpc.insecure_channel(cluster.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        stub.RepositoryModelLoad(load_request("plus3", 3.0), timeout=TIMEOUT_S)
+        stub.RepositoryModelLoad(plus3, timeout=TIMEOUT_S)
         stub.RepositoryModelUnload(
             pb.RepositoryModelUnloadRequest(model_name="plus1"), timeout=TIMEOUT_S
         )
@@ -276,7 +284,9 @@ def test_a_killed_worker_comes_back_serving_what_the_others_serve(cluster: Serve
 
     for connection in each_connection(cluster.address):
         assert connection.stub.ServerReady(pb.ServerReadyRequest(), timeout=TIMEOUT_S).ready
-        connection.infer_plus("plus3", 3.0)
+        connection.infer_plus("plus3", 3.0, version="1")
+        connection.infer_plus("plus3", 4.0, version="2")
+        connection.infer_plus("plus3", 4.0)
         assert connection.refused("plus1") == grpc.StatusCode.UNAVAILABLE
 
 

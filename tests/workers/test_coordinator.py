@@ -33,7 +33,7 @@ class FakeWorker:
 
     refuse: dict[str, grpc.StatusCode] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
-    version: int = 3
+    versions: tuple[int, ...] = (2, 3)
     # The process that dies when the refused call arrives (a worker killed mid-change).
     dies: FakeProcess | None = None
 
@@ -49,7 +49,7 @@ class FakeWorker:
                     grpc.aio.Metadata(),
                     f"{method} refused: no room",
                 )
-            return pb.ModelVersion(name=request.name, version=self.version)
+            return pb.ModelVersions(name=request.name, versions=self.versions)
 
         return call
 
@@ -71,14 +71,14 @@ def methods(worker: FakeWorker) -> list[str]:
 def test_a_load_prepared_everywhere_is_committed_everywhere() -> None:
     workers = FakeWorker(), FakeWorker(), FakeWorker()
 
-    async def main() -> tuple[pb.ModelVersion, dict[str, int]]:
+    async def main() -> tuple[pb.ModelVersions, dict[str, tuple[int, ...]]]:
         coordinator = coordinator_of(*workers)
         reply = await coordinator.Load(pb.ModelName(name="m"), None)
         return reply, coordinator.state.models
 
     reply, models = asyncio.run(main())
-    assert reply.version == 3
-    assert models == {"m": 3}
+    assert list(reply.versions) == [2, 3]
+    assert models == {"m": (2, 3)}
     assert all(methods(w) == ["Prepare", "Commit"] for w in workers)
 
 
@@ -88,7 +88,7 @@ def test_a_load_one_worker_cannot_prepare_is_aborted_in_the_others() -> None:
 
     async def main() -> Coordinator:
         coordinator = coordinator_of(*workers)
-        coordinator.state.models["m"] = 2
+        coordinator.state.models["m"] = (2,)
         with pytest.raises(FailedPrecondition) as raised:
             await coordinator.Load(pb.ModelName(name="m"), None)
         assert str(raised.value) == "worker 1: Prepare refused: no room"
@@ -99,14 +99,14 @@ def test_a_load_one_worker_cannot_prepare_is_aborted_in_the_others() -> None:
     assert methods(workers[0]) == ["Prepare", "Abort"]
     assert methods(workers[2]) == ["Prepare", "Abort"]
     assert methods(refusing) == ["Prepare"]
-    assert coordinator.state.models == {"m": 2}
+    assert coordinator.state.models == {"m": (2,)}
 
 
 def test_a_worker_that_dies_during_a_change_is_left_out_of_it() -> None:
     dying = FakeWorker(refuse={"Prepare": grpc.StatusCode.UNAVAILABLE})
     workers = FakeWorker(), dying
 
-    async def main() -> dict[str, int]:
+    async def main() -> dict[str, tuple[int, ...]]:
         coordinator = coordinator_of(*workers)
         process = coordinator.workers[1].process
         assert isinstance(process, FakeProcess)
@@ -115,7 +115,7 @@ def test_a_worker_that_dies_during_a_change_is_left_out_of_it() -> None:
         return coordinator.state.models
 
     # The change commits in the others; the dead worker restarts with its outcome.
-    assert asyncio.run(main()) == {"m": 3}
+    assert asyncio.run(main()) == {"m": (2, 3)}
     assert methods(workers[0]) == ["Prepare", "Commit"]
     assert methods(dying) == ["Prepare"]
 
@@ -152,7 +152,7 @@ def test_an_unload_is_remembered_for_workers_that_join_later() -> None:
 
     async def main() -> Coordinator:
         coordinator = coordinator_of(*workers)
-        coordinator.state.models["m"] = 1
+        coordinator.state.models["m"] = (1,)
         await coordinator.Unload(pb.ModelName(name="m"), None)
         return coordinator
 
@@ -169,6 +169,7 @@ def test_the_first_worker_to_join_sets_what_the_others_load() -> None:
         coordinator.workers[0] = handle
         join = pb.JoinRequest(worker=0, pid=1000)
         join.serving.add(name="a", version=4)
+        join.serving.add(name="a", version=2)
         join.unavailable.add(name="b", reason="bad config")
         answered = asyncio.ensure_future(coordinator.Join(join, None))
         await asyncio.wait_for(asyncio.shield(handle.joined), 5)
@@ -178,7 +179,7 @@ def test_the_first_worker_to_join_sets_what_the_others_load() -> None:
         return coordinator
 
     coordinator = asyncio.run(main())
-    assert coordinator.state.models == {"a": 4}
+    assert coordinator.state.models == {"a": (2, 4)}
     assert coordinator.state.unavailable == {"b": "bad config"}
 
 
