@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"serving gRPC on ([^ ]+):(\d+)(?:, metrics (?:on [^ ]+:(\d+)|off))?")
+READY = re.compile(
+    r"serving gRPC on ([^ ]+):(\d+)(?: \(TLS\))?(?:, HTTP (?:on [^ ]+:(\d+)(?: \(TLS\))?|off))?"
+    r"(?:, metrics (?:on [^ ]+:(\d+)|off))?"
+)
 
 
 @dataclass
@@ -29,6 +32,7 @@ class ServerUnderTest:
     address: str = ""
     # -1: no metrics port (or none printed, as the floor server prints none).
     metrics_port: int = -1
+    http_port: int = -1
     output: list[str] = field(default_factory=list)
 
     @property
@@ -77,12 +81,16 @@ def launch(
     args: Sequence[str], name: str = "server", timeout: float = 120.0, python: str = sys.executable
 ) -> ServerUnderTest:
     """Run `python -u ARGS` and return once it prints its `serving gRPC on HOST:PORT` line."""
+    # A free HTTP port, as `--grpc-port 0` takes a free gRPC port (by the environment, which
+    # a checkout from before the REST port ignores).
+    env = {**os.environ, "TRTSERVE_HTTP_PORT": os.environ.get("TRTSERVE_HTTP_PORT", "0")}
     popen = subprocess.Popen(
         [python, "-u", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         cwd=ROOT,
+        env=env,
     )
     server = ServerUnderTest(popen)
     ready = threading.Event()
@@ -93,7 +101,8 @@ def launch(
             server.output.append(line)
             if not server.address and (m := READY.search(line)):
                 server.address = f"{m.group(1)}:{m.group(2)}"
-                server.metrics_port = int(m.group(3)) if m.group(3) else -1
+                server.http_port = int(m.group(3)) if m.group(3) else -1
+                server.metrics_port = int(m.group(4)) if m.group(4) else -1
                 ready.set()
         ready.set()
 

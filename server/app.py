@@ -1,4 +1,4 @@
-"""Assemble and run the server: gRPC services, health, reflection, metrics, signals."""
+"""Assemble and run the server: gRPC services, health, reflection, REST, metrics, signals."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import contextlib
 import logging
 import shutil
 import signal
+import ssl
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -44,10 +45,17 @@ from trtserve.server.metrics import ServerMetrics, StatisticsSource
 from trtserve.server.model_state import ModelState
 from trtserve.server.models.manager import ModelManager
 from trtserve.server.repository.repository import ModelRepository
+from trtserve.server.rest.http_server import RestServer
 from trtserve.server.runtime.cuda_device import cuda_device_count
 from trtserve.server.settings import LOOPBACK_HOSTS, ServerSettings
-from trtserve.server.tls import server_credentials
-from trtserve.server.transport import bind_grpc, connection_limit, server_options, start_metrics
+from trtserve.server.tls import server_credentials, server_ssl_context
+from trtserve.server.transport import (
+    bind_grpc,
+    connection_limit,
+    listen_http,
+    server_options,
+    start_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +78,9 @@ class RunningServer:
     grpc_server: grpc.aio.Server
     grpc_port: int
     metrics_port: int
+    # -1 when the REST port is off.
+    http_port: int
+    rest: RestServer | None
     manager: ModelManager
     state: ServingState
     health: Any
@@ -88,6 +99,8 @@ class RunningServer:
         if not await self.state.wait_idle(self.settings.grace_period_s):
             log.warning("grace period over with inference requests still in flight")
         await self.grpc_server.stop(max(0.0, deadline - time.monotonic()))
+        if self.rest is not None:
+            await self.rest.stop()
         await self.manager.close()
         # After the models: no request can reference a region any more.
         await asyncio.to_thread(self.plane.shared_memory.close_all)
@@ -167,6 +180,8 @@ class ServerParts:
     settings: ServerSettings
     grpc_server: grpc.aio.Server
     credentials: grpc.ServerCredentials | None
+    # None when the REST port is off.
+    rest: RestServer | None
     registry: CollectorRegistry
     metrics: ServerMetrics
     manager: ModelManager
@@ -176,12 +191,14 @@ class ServerParts:
     temporary_repository: Path | None
     plane: DataPlane
 
-    def running(self, grpc_port: int, metrics_port: int) -> RunningServer:
+    def running(self, grpc_port: int, metrics_port: int, http_port: int) -> RunningServer:
         """The started server, once its ports are bound."""
         return RunningServer(
             self.grpc_server,
             grpc_port,
             metrics_port,
+            http_port,
+            self.rest,
             self.manager,
             self.state,
             self.health,
@@ -196,11 +213,26 @@ class ServerParts:
         address = f"{self.settings.bind_host}:{self.settings.grpc_port}"
         return bind_grpc(self.grpc_server, address, self.credentials)
 
+    async def start_http(self) -> int:
+        """Serve REST on the HTTP port (shared with the other workers); its number, -1 if off."""
+        if self.rest is None:
+            return -1
+        settings = self.settings
+        listener = listen_http(settings.bind_host, settings.http_port, settings.workers > 1)
+        try:
+            return await self.rest.start(listener, _ssl_context(settings))
+        except BaseException:
+            listener.close()
+            raise
+
     async def abandon(self) -> None:
         """Undo a start that failed part way: stop what started, remove the temporary
         repository. Every step runs even when one before it fails."""
         with contextlib.suppress(Exception):
             await self.grpc_server.stop(0)
+        if self.rest is not None:
+            with contextlib.suppress(Exception):
+                await self.rest.stop()
         with contextlib.suppress(Exception):
             await self.manager.close()
         for backend in self.backends.values():
@@ -261,10 +293,15 @@ async def build_server(
         worker,
     )
     server = _grpc_server(settings, plane, health_servicer, policy)
+    rest = None
+    if settings.http_port >= 0:
+        max_body = settings.max_message_mb * 1024 * 1024
+        rest = RestServer(plane, policy, max_body, settings.grace_period_s)
     return ServerParts(
         settings,
         server,
         credentials,
+        rest,
         registry,
         metrics,
         manager,
@@ -287,12 +324,20 @@ async def start_server(
         # Before the first call: recovery must not mistake a change in progress for debris.
         await parts.manager.recover()
         await parts.grpc_server.start()
+        http_port = await parts.start_http()
         await parts.manager.load_all()
         await parts.mark_ready()
     except BaseException:
         await parts.abandon()
         raise
-    return parts.running(grpc_port, metrics_port)
+    return parts.running(grpc_port, metrics_port, http_port)
+
+
+def _ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
+    files = settings.tls_files
+    if files is None:
+        return None
+    return server_ssl_context(*files, settings.tls_client_ca)
 
 
 def _credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
@@ -383,17 +428,19 @@ def _start_metrics(settings: ServerSettings, registry: CollectorRegistry) -> int
 
 
 def announce_ready(
-    settings: ServerSettings, grpc_port: int, metrics_port: int, models: list[str]
+    settings: ServerSettings, grpc_port: int, metrics_port: int, http_port: int, models: list[str]
 ) -> None:
     """Print the ready line; tests and scripts read the bound ports from it (0 = any)."""
+    tls = " (TLS)" if settings.tls_files is not None else ""
+    http = f"HTTP on {settings.bind_host}:{http_port}{tls}" if http_port >= 0 else "HTTP off"
     metrics = (
         f"metrics on {settings.metrics_bind_host}:{metrics_port}"
         if metrics_port >= 0
         else "metrics off"
     )
     print(
-        f"trtserve: serving gRPC on {settings.bind_host}:{grpc_port}"
-        f"{' (TLS)' if settings.tls_files is not None else ''}, {metrics}, models {models}",
+        f"trtserve: serving gRPC on {settings.bind_host}:{grpc_port}{tls}, {http}, {metrics}, "
+        f"models {models}",
         flush=True,
     )
 
@@ -409,7 +456,7 @@ async def serve(settings: ServerSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     ready = sorted({m.name for m in running.manager.serving_models()})
-    announce_ready(settings, running.grpc_port, running.metrics_port, ready)
+    announce_ready(settings, running.grpc_port, running.metrics_port, running.http_port, ready)
     await stop.wait()
     log.info("shutting down: draining for up to %.1f s", settings.grace_period_s)
     await running.drain_and_stop()

@@ -1,12 +1,17 @@
 """Errors the server raises, one class per kind of gRPC status.
 
-Every layer raises these; ``trtserve.server.api.status`` maps them to gRPC status codes in one
-place. Messages name the field or model, the expected and the received value.
+Every layer raises these; each transport maps them to its statuses in one place
+(``trtserve.server.api.status`` for gRPC, ``trtserve.server.rest.status`` for HTTP). Messages
+name the field or model, the expected and the received value.
 """
 
 from __future__ import annotations
 
+import logging
+import secrets
 from typing import ClassVar
+
+log = logging.getLogger(__name__)
 
 
 class ServerError(Exception):
@@ -74,6 +79,19 @@ class Internal(ServerError):
     """A bug or an unexpected failure inside the server."""
 
     kind = "internal"
+
+
+def client_message(error: Exception, where: str) -> str:
+    """What a client is told of `error`; an internal one is logged under a fresh id.
+
+    Internal errors (bugs, and `Internal`, which wraps a backend's failure) may carry a
+    backend's or library's own text: the client gets the id, never that text.
+    """
+    if isinstance(error, ServerError) and not isinstance(error, Internal):
+        return str(error)
+    error_id = secrets.token_hex(6)
+    log.error("internal error %s in %s", error_id, where, exc_info=error)
+    return f"internal error {error_id}: the server log has the details"
 
 
 def reworded(error: ServerError, message: str) -> ServerError:

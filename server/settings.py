@@ -31,11 +31,15 @@ class ServerSettings:
     host: str | None = field(
         default=None,
         metadata={
-            "help": "address to bind gRPC and metrics to (default 0.0.0.0, every interface; "
+            "help": "address to bind gRPC, HTTP and metrics to (default 0.0.0.0, every interface; "
             "127.0.0.1 with insecure_local_admin, which refuses any other)"
         },
     )
     grpc_port: int = field(default=8001, metadata={"help": "gRPC port (0 picks a free one)"})
+    http_port: int = field(
+        default=8000,
+        metadata={"help": "KServe v2 REST (HTTP) port, as Triton's (0 picks one, -1 disables)"},
+    )
     metrics_port: int = field(
         default=8002, metadata={"help": "Prometheus /metrics HTTP port (0 picks one, -1 disables)"}
     )
@@ -75,8 +79,8 @@ class ServerSettings:
     workers: int = field(
         default=1,
         metadata={
-            "help": "server processes sharing the gRPC port, each with its own event loop, "
-            "models and GPU memory (one process tops out at its Python work per request); "
+            "help": "server processes sharing the gRPC and HTTP ports, each with its own event "
+            "loop, models and GPU memory (one process tops out at its Python work per request); "
             "model and shared-memory changes apply to all of them"
         },
     )
@@ -89,7 +93,9 @@ class ServerSettings:
     )
     max_message_mb: int = field(
         default=64,
-        metadata={"help": "largest gRPC message in MiB, both ways (raise for huge tensors)"},
+        metadata={
+            "help": "largest gRPC message or HTTP body in MiB, both ways (raise for huge tensors)"
+        },
     )
     malloc_keep_mb: int = field(
         default=64,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import ssl
 from pathlib import Path
 
 import grpc
@@ -89,3 +90,15 @@ def server_credentials(
         root_certificates=roots,
         require_client_auth=roots is not None,
     )
+
+
+def server_ssl_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
+    """The same certificate, key and client CA as `server_credentials`, for the HTTP port."""
+    check_key_pair(_read_pem(cert, "tls_cert"), _read_pem(key, "tls_key"))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    if client_ca is not None:
+        _read_pem(client_ca, "tls_client_ca")
+        context.load_verify_locations(cafile=client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context

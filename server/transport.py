@@ -33,6 +33,10 @@ FD_RESERVE = 256
 MIN_CLIENT_PING_INTERVAL_MS = 10_000
 
 
+# Connections the kernel queues for the HTTP port before the server accepts them.
+HTTP_BACKLOG = 1024
+
+
 class PortInUse(RuntimeError):
     """A port the server was told to listen on cannot be bound; the message names it."""
 
@@ -109,7 +113,7 @@ def bind_grpc(
         ) from None
 
 
-def claim_port(host: str, port: int) -> int:
+def claim_port(host: str, port: int, setting: str = "grpc_port") -> int:
     """Check that no process listens on host:port (0: choose a free port); the port number.
 
     Bound without SO_REUSEPORT, as no listener shares with such a socket: a server already on
@@ -124,9 +128,33 @@ def claim_port(host: str, port: int) -> int:
             probe.bind(address)
         except OSError as error:
             reason = "in use by another process" if error.errno == errno.EADDRINUSE else error
-            message = f"setting grpc_port: cannot listen on {host}:{port}: {reason}"
+            message = f"setting {setting}: cannot listen on {host}:{port}: {reason}"
             raise PortInUse(message) from None
         return int(probe.getsockname()[1])
+
+
+def listen_http(host: str, port: int, shared: bool) -> socket.socket:
+    """A listening socket for the HTTP port, shared with the other workers when `shared`;
+    PortInUse naming the setting when it cannot be bound."""
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (OSError, OverflowError) as error:
+        raise PortInUse(f"setting http_port: cannot listen on {host}:{port}: {error}") from None
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if shared:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        listener.bind(address)
+        listener.listen(HTTP_BACKLOG)
+    except OSError as error:
+        listener.close()
+        reason = "in use by another process" if error.errno == errno.EADDRINUSE else error
+        raise PortInUse(f"setting http_port: cannot listen on {host}:{port}: {reason}") from None
+    listener.setblocking(False)
+    return listener
 
 
 def start_metrics(host: str, port: int, registry: CollectorRegistry) -> int:

@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Every server a test starts takes a free HTTP port, as it takes a free gRPC port with
+# `--grpc-port 0`: servers of several tests run at once, and 8000 may be taken on the host.
+os.environ.setdefault("TRTSERVE_HTTP_PORT", "0")
 
 from server_process import ServerProcess, start_server
 

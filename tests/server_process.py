@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _READY = re.compile(
-    r"serving gRPC on ([^ ]+):(\d+)(?: \(TLS\))?, metrics (?:on [^ ]+:(\d+)|off)(?:, models (.*))?"
+    r"serving gRPC on ([^ ]+):(\d+)(?: \(TLS\))?, HTTP (?:on [^ ]+:(\d+)(?: \(TLS\))?|off), "
+    r"metrics (?:on [^ ]+:(\d+)|off)(?:, models (.*))?"
 )
 
 
@@ -25,12 +26,18 @@ class ServerProcess:
     grpc_port: int
     metrics_port: int
     output: list[str] = field(default_factory=list)
+    # -1 when the server serves no HTTP.
+    http_port: int = -1
     # The ready line's list of the models it serves, as printed.
     models: str = ""
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_address(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
 
     def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM, wait for the exit and return its status."""
@@ -65,6 +72,8 @@ def start_server(
         "serve",
         *(["--host", host] if host is not None else []),
         "--grpc-port",
+        "0",
+        "--http-port",
         "0",
         "--metrics-port",
         "0",
@@ -103,7 +112,14 @@ def spawn(command: Sequence[str], env: Mapping[str, str], timeout: float = 60.0)
         process.kill()
         raise RuntimeError("server did not start:\n" + "".join(lines))
     m = found[0]
-    return ServerProcess(process, int(m.group(2)), int(m.group(3) or -1), lines, m.group(4) or "")
+    return ServerProcess(
+        process,
+        grpc_port=int(m.group(2)),
+        metrics_port=int(m.group(4) or -1),
+        output=lines,
+        models=m.group(5) or "",
+        http_port=int(m.group(3) or -1),
+    )
 
 
 def run_cli(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:

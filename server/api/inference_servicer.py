@@ -12,23 +12,21 @@ import grpc
 
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.protocol import grpc_service_pb2_grpc as pb_grpc
-from trtserve.server.api.codec import (
+from trtserve.server.api.infer_wire import InferMessage
+from trtserve.server.api.registration import UndecodableRequest, require_message
+from trtserve.server.dataplane.dataplane import DataPlane, WhenDone
+from trtserve.server.dataplane.shared_memory import RegionKind
+from trtserve.server.errors import client_message
+from trtserve.server.models.serving_model import ServingModel
+from trtserve.server.repository.repository import check_model_name
+from trtserve.server.scheduler.request import InferenceResponse
+from trtserve.server.v2 import messages
+from trtserve.server.v2.codec import (
     CheckedRequest,
     check_request,
     encode_response,
     encode_response_bytes,
 )
-from trtserve.server.api.infer_wire import InferMessage
-from trtserve.server.api.registration import UndecodableRequest, require_message
-from trtserve.server.api.statistics import model_statistics
-from trtserve.server.api.status import client_message
-from trtserve.server.dataplane.dataplane import DataPlane, WhenDone
-from trtserve.server.dataplane.shared_memory import RegionKind
-from trtserve.server.errors import InvalidArgument
-from trtserve.server.models.serving_model import ServingModel
-from trtserve.server.repository.model_config import config_from_settings
-from trtserve.server.repository.repository import check_model_name, check_relative_path
-from trtserve.server.scheduler.request import InferenceResponse
 
 # Trailing metadata of ServerMetadata under `serve --workers N`: the answering worker's index.
 WORKER_METADATA = "trtserve-worker"
@@ -58,88 +56,57 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ServerMetadataResponse:
-        info = self._plane.info()
-        if info.worker is not None:
+        worker = self._plane.info().worker
+        if worker is not None:
             # Which worker a connection reached, for operators and tests of `--workers`.
-            context.set_trailing_metadata(((WORKER_METADATA, str(info.worker)),))
-        return pb.ServerMetadataResponse(
-            name=info.name, version=info.version, extensions=info.extensions
-        )
+            context.set_trailing_metadata(((WORKER_METADATA, str(worker)),))
+        return messages.server_metadata(self._plane)
 
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: object
     ) -> pb.ModelReadyResponse:
-        name = _required(request.name, "name")
+        name = messages.required_name(request.name, "name")
         return pb.ModelReadyResponse(ready=self._plane.model_ready(name, request.version))
 
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: object
     ) -> pb.ModelMetadataResponse:
-        model = self._plane.model(_required(request.name, "name"), request.version)
-        batch = [-1] if model.settings.max_batch_size > 0 else []
-        reply = pb.ModelMetadataResponse(
-            name=model.name,
-            versions=[str(v) for v in self._plane.versions(model.name)],
-            platform=model.settings.platform,
-        )
-        for spec in model.inputs.values():
-            reply.inputs.add(name=spec.name, datatype=spec.datatype, shape=batch + list(spec.shape))
-        for spec in model.outputs.values():
-            reply.outputs.add(
-                name=spec.name, datatype=spec.datatype, shape=batch + list(spec.shape)
-            )
-        return reply
+        return messages.model_metadata(self._plane, request.name, request.version)
 
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: object
     ) -> pb.ModelConfigResponse:
-        model = self._plane.model(_required(request.name, "name"), request.version)
-        return pb.ModelConfigResponse(config=config_from_settings(model.settings, model.io))
+        return messages.model_config(self._plane, request.name, request.version)
 
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: object
     ) -> pb.ModelStatisticsResponse:
-        return model_statistics(self._plane.statistics(request.name, request.version))
+        return messages.statistics(self._plane, request.name, request.version)
 
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: object
     ) -> pb.RepositoryIndexResponse:
-        reply = pb.RepositoryIndexResponse()
-        for entry in await self._plane.index(ready_only=request.ready):
-            reply.models.add(
-                name=entry.name, version=entry.version, state=entry.state, reason=entry.reason
-            )
-        return reply
+        return await messages.repository_index(self._plane, request.ready)
 
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: object
     ) -> pb.RepositoryModelLoadResponse:
         # Every name is checked before anything is written.
-        name = check_model_name(_required(request.model_name, "model_name"))
-        config_json, files = _load_parameters(request)
+        name = check_model_name(messages.required_name(request.model_name, "model_name"))
+        config_json, files = messages.load_parameters(request)
         await self._plane.load(name, config_json, files)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: object
     ) -> pb.RepositoryModelUnloadResponse:
-        await self._plane.unload(_required(request.model_name, "model_name"))
+        await self._plane.unload(messages.required_name(request.model_name, "model_name"))
         return pb.RepositoryModelUnloadResponse()
 
     async def SystemSharedMemoryStatus(
         self, request: pb.SystemSharedMemoryStatusRequest, context: object
     ) -> pb.SystemSharedMemoryStatusResponse:
-        reply = pb.SystemSharedMemoryStatusResponse()
-        for region in self._plane.system_regions(request.name):
-            reply.regions[region.name].CopyFrom(
-                pb.SystemSharedMemoryStatusResponse.RegionStatus(
-                    name=region.name,
-                    key=region.key,
-                    offset=region.offset,
-                    byte_size=region.byte_size,
-                )
-            )
-        return reply
+        return messages.system_regions(self._plane, request.name)
 
     async def SystemSharedMemoryRegister(
         self, request: pb.SystemSharedMemoryRegisterRequest, context: object
@@ -158,14 +125,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def CudaSharedMemoryStatus(
         self, request: pb.CudaSharedMemoryStatusRequest, context: object
     ) -> pb.CudaSharedMemoryStatusResponse:
-        reply = pb.CudaSharedMemoryStatusResponse()
-        for region in self._plane.cuda_regions(request.name):
-            reply.regions[region.name].CopyFrom(
-                pb.CudaSharedMemoryStatusResponse.RegionStatus(
-                    name=region.name, device_id=region.device_id, byte_size=region.byte_size
-                )
-            )
-        return reply
+        return messages.cuda_regions(self._plane, request.name)
 
     async def CudaSharedMemoryRegister(
         self, request: pb.CudaSharedMemoryRegisterRequest, context: object
@@ -269,7 +229,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return encode(request, model, response)
 
         return await self._plane.infer(
-            _required(request.model_name, "model_name"),
+            messages.required_name(request.model_name, "model_name"),
             request.model_version,
             prepare,
             encode_reply,
@@ -301,38 +261,3 @@ def _stream_error(
             model_name=request.model_name, model_version=request.model_version, id=request.id
         ),
     )
-
-
-def _required(value: str, field: str) -> str:
-    if not value:
-        raise InvalidArgument(f"{field}: expected a model name, received an empty string")
-    return value
-
-
-def _load_parameters(
-    request: pb.RepositoryModelLoadRequest,
-) -> tuple[str | None, dict[str, bytes]]:
-    """Split the `config` JSON and `file:<version>/<name>` overrides of a load request."""
-    config_json: str | None = None
-    files: dict[str, bytes] = {}
-    for key, param in request.parameters.items():
-        kind = param.WhichOneof("parameter_choice")
-        if key == "config":
-            if kind != "string_param":
-                raise InvalidArgument(f"parameter 'config': expected string_param, received {kind}")
-            config_json = param.string_param
-        elif key.startswith("file:"):
-            if kind != "bytes_param":
-                raise InvalidArgument(f"parameter '{key}': expected bytes_param, received {kind}")
-            relative_path = key.removeprefix("file:")
-            check_relative_path(relative_path)
-            files[relative_path] = param.bytes_param
-        else:
-            raise InvalidArgument(
-                f"unknown load parameter '{key}'; expected 'config' or 'file:<version>/<name>'"
-            )
-    if files and config_json is None:
-        raise InvalidArgument(
-            "parameter 'config': required when file overrides are sent (as tritonclient does)"
-        )
-    return config_json, files

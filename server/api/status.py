@@ -9,16 +9,13 @@ the way back, for a status one process receives from another of the same server.
 from __future__ import annotations
 
 import inspect
-import logging
-import secrets
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeAlias
 
 import grpc
 
 from trtserve.server import errors
-
-log = logging.getLogger(__name__)
+from trtserve.server.errors import client_message
 
 _CODES: dict[type[errors.ServerError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -51,19 +48,6 @@ def error_for_status(code: grpc.StatusCode, message: str) -> errors.ServerError:
         if cls_code == code:
             return cls(message)
     return errors.Internal(message)
-
-
-def client_message(error: Exception, where: str) -> str:
-    """What the client is told of `error`; an internal one is logged under a fresh id.
-
-    Internal errors (bugs, and `errors.Internal`, which wraps a backend's failure) may carry
-    a backend's or library's own text: the client gets the id, never that text.
-    """
-    if isinstance(error, errors.ServerError) and not isinstance(error, errors.Internal):
-        return str(error)
-    error_id = secrets.token_hex(6)
-    log.error("internal error %s in %s", error_id, where, exc_info=error)
-    return f"internal error {error_id}: the server log has the details"
 
 
 def with_statuses(method: str, handler: Handler) -> Handler:

@@ -1,10 +1,10 @@
 """`trtserve serve --workers N`: the process that starts N workers on one port and keeps them.
 
 The supervisor serves no request itself. It checks that no other process listens on the gRPC
-port, prepares what the workers share (the repository, recovered once; a private run folder with
-the control sockets and the metrics files), starts the workers, applies every client's model or
-region change to all of them (`Coordinator`), serves /metrics summed over the workers, restarts
-a worker that dies, and on SIGTERM lets every worker drain.
+and HTTP ports, prepares what the workers share (the repository, recovered once; a private run
+folder with the control sockets and the metrics files), starts the workers, applies every
+client's model or region change to all of them (`Coordinator`), serves /metrics summed over the
+workers, restarts a worker that dies, and on SIGTERM lets every worker drain.
 """
 
 from __future__ import annotations
@@ -44,24 +44,31 @@ log = logging.getLogger(__name__)
 async def supervise(settings: ServerSettings) -> int:
     """Run the workers until SIGTERM or SIGINT, then drain them; the exit status."""
     port = claim_port(settings.bind_host, settings.grpc_port)
+    http_port = (
+        claim_port(settings.bind_host, settings.http_port, "http_port")
+        if settings.http_port >= 0
+        else -1
+    )
     run_dir = Path(tempfile.mkdtemp(prefix="trtserve-workers-"))  # mode 0700
     metrics_dir = run_dir / METRICS_FOLDER
     metrics_dir.mkdir()
     # Read by prometheus-client when a worker imports it: each worker writes its metrics there.
     os.environ[MULTIPROC_ENV] = str(metrics_dir)
     try:
-        return await _supervise(settings, port, run_dir, metrics_dir)
+        return await _supervise(settings, port, http_port, run_dir, metrics_dir)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-async def _supervise(settings: ServerSettings, port: int, run_dir: Path, metrics_dir: Path) -> int:
+async def _supervise(
+    settings: ServerSettings, port: int, http_port: int, run_dir: Path, metrics_dir: Path
+) -> int:
     metrics_port = _start_metrics(settings, metrics_dir)
     repository, temporary_repository = open_repository(settings)
     # Once, before any worker runs: a worker's change in progress is not debris.
     await asyncio.to_thread(recover_interrupted, repository)
     worker_settings = dataclasses.replace(
-        settings, grpc_port=port, metrics_port=-1, repository=repository.root
+        settings, grpc_port=port, http_port=http_port, metrics_port=-1, repository=repository.root
     )
     coordinator = Coordinator()
     control = grpc.aio.server()
@@ -78,7 +85,7 @@ async def _supervise(settings: ServerSettings, port: int, run_dir: Path, metrics
         if not await _started(pool, settings.workers, stop):
             return 1
         log.info("%d workers serving, pids %s", settings.workers, pool.pids())
-        announce_ready(settings, port, metrics_port, sorted(coordinator.state.models))
+        announce_ready(settings, port, metrics_port, http_port, sorted(coordinator.state.models))
         await stop.wait()
         log.info("shutting down: draining every worker for up to %.1f s", settings.grace_period_s)
         return 0

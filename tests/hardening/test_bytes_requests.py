@@ -53,6 +53,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
     settings = ServerSettings(
         host="127.0.0.1",
         grpc_port=0,
+        http_port=0,
         metrics_port=-1,
         repository=repository,
         max_tensor_elements=MAX_TENSOR_ELEMENTS,

@@ -1,4 +1,6 @@
-"""ModelInferRequest to validated numpy inputs, and outputs back to a ModelInferResponse."""
+"""ModelInferRequest to validated numpy inputs, and outputs back to a ModelInferResponse.
+
+The REST transport reads its requests into the same message, so both are checked here."""
 
 from __future__ import annotations
 
@@ -227,6 +229,29 @@ def _raw(array: np.ndarray | PlacedOutput, datatype: datatypes.Datatype) -> memo
     if isinstance(array, PlacedOutput):
         return memoryview(b"")
     return tensors.raw_view(array, datatype)
+
+
+class ResponseOutput(NamedTuple):
+    """One output of a response as clients see it: datatype, shape (the config's dims where
+    it reshapes the model's) and data (a PlacedOutput when written into shared memory)."""
+
+    name: str
+    datatype: datatypes.Datatype
+    shape: tuple[int, ...]
+    array: np.ndarray | PlacedOutput
+
+
+def response_outputs(model: ServingModel, response: InferenceResponse) -> list[ResponseOutput]:
+    """Every output of a response, in the response's order."""
+    return [
+        ResponseOutput(
+            name,
+            _datatype(model, name, array),
+            _client_shape(model, name, array.shape),
+            array,
+        )
+        for name, array in response.outputs.items()
+    ]
 
 
 def output_datatypes(

@@ -1,0 +1,299 @@
+"""The v2 REST endpoints as data plane calls: read the JSON, call, answer JSON.
+
+Paths, methods, bodies and statuses are Triton's, so tritonclient.http, perf_analyzer -i http
+and curl work unchanged. Requests are read into the same v2 messages as gRPC's (server/v2), so
+both transports check them alike and answer with the same messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from google.protobuf.message import Message
+
+from trtserve.protocol import grpc_service_pb2 as pb
+from trtserve.server.api.auth import Role
+from trtserve.server.dataplane.dataplane import DataPlane
+from trtserve.server.dataplane.shared_memory import RegionKind
+from trtserve.server.errors import InvalidArgument, Unavailable
+from trtserve.server.models.serving_model import ServingModel
+from trtserve.server.repository.repository import check_model_name
+from trtserve.server.rest.infer_json import HEADER_LENGTH, RestInferRequest, read_request
+from trtserve.server.rest.infer_json import response_document as infer_document
+from trtserve.server.rest.json_messages import as_json, field_of, read_object
+from trtserve.server.rest.status import error_response
+from trtserve.server.runtime.tensor_buffers import PlacedOutput
+from trtserve.server.scheduler.request import InferenceResponse
+from trtserve.server.v2 import messages
+from trtserve.server.v2.codec import CheckedRequest, ResponseOutput, check_request, response_outputs
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# JSON bigger than this is read and written on a worker thread, off the event loop.
+OFF_LOOP_JSON_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Route:
+    """One endpoint: method, path pattern, handler and the role a caller needs (None: open)."""
+
+    method: str
+    path: str
+    handler: Handler
+    role: Role | None
+
+
+class RestHandlers:
+    """Every v2 REST endpoint over one data plane."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
+
+    def routes(self) -> list[Route]:
+        """Every endpoint, Triton's paths; `{version}` is digits only, as Triton's."""
+        infer = Role.INFER
+        model = "/v2/models/{model}"
+        versioned = "/v2/models/{model}/versions/{version:[0-9]+}"
+        routes = [
+            Route("GET", "/v2/health/live", self.live, None),
+            Route("GET", "/v2/health/ready", self.ready, None),
+            Route("GET", "/v2", self.server_metadata, infer),
+            Route("GET", "/v2/models/stats", self.statistics, infer),
+            Route("POST", "/v2/repository/index", self.index, infer),
+            Route("POST", "/v2/repository/models/{model}/load", self.load, Role.ADMIN),
+            Route("POST", "/v2/repository/models/{model}/unload", self.unload, Role.ADMIN),
+        ]
+        for base in (model, versioned):
+            routes += [
+                Route("GET", base, self.model_metadata, infer),
+                Route("GET", base + "/ready", self.model_ready, infer),
+                Route("GET", base + "/config", self.model_config, infer),
+                Route("GET", base + "/stats", self.statistics, infer),
+                Route("POST", base + "/infer", self.infer, infer),
+            ]
+        for kind in RegionKind:
+            prefix = f"/v2/{kind.value}sharedmemory"
+            region = prefix + "/region/{region}"
+            routes += [
+                Route("GET", prefix + "/status", self._region_status(kind), infer),
+                Route("GET", region + "/status", self._region_status(kind), infer),
+                Route("POST", region + "/register", self._register(kind), infer),
+                Route("POST", prefix + "/unregister", self._unregister(kind), infer),
+                Route("POST", region + "/unregister", self._unregister(kind), infer),
+            ]
+        return routes
+
+    # --- health and metadata -----------------------------------------------------------------
+
+    async def live(self, request: web.Request) -> web.Response:
+        return web.Response(status=200 if self._plane.live() else 400)
+
+    async def ready(self, request: web.Request) -> web.Response:
+        return web.Response(status=200 if self._plane.ready() else 400)
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        return _json(messages.server_metadata(self._plane))
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        name, version = _model_of(request)
+        return _json(messages.model_metadata(self._plane, name, version))
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        """200 when ready; 400 naming why not (Triton's); 404 for a model or version not known."""
+        name, version = _model_of(request)
+        try:
+            self._plane.model(name, version)
+        except Unavailable as error:
+            return error_response(400, str(error))
+        if not self._plane.model_ready(name, version):
+            return error_response(400, "server is shutting down")
+        return web.Response(status=200)
+
+    async def model_config(self, request: web.Request) -> web.Response:
+        name, version = _model_of(request)
+        return _json(messages.model_config(self._plane, name, version).config)
+
+    async def statistics(self, request: web.Request) -> web.Response:
+        name, version = _model_of(request)
+        return _json(messages.statistics(self._plane, name, version))
+
+    # --- repository ----------------------------------------------------------------------------
+
+    async def index(self, request: web.Request) -> web.Response:
+        body = read_object(await request.read(), "repository index request")
+        ready = field_of(body, "ready", bool, "repository index request: ", False)
+        reply = await messages.repository_index(self._plane, ready)
+        # Triton leaves out an empty version and an empty reason.
+        models = [
+            {key: value for key, value in entry.items() if value != ""}
+            for entry in as_json(reply)["models"]
+        ]
+        return _json_body(models)
+
+    async def load(self, request: web.Request) -> web.Response:
+        name = check_model_name(request.match_info["model"])
+        body = read_object(await request.read(), f"load of model '{name}'")
+        load = pb.RepositoryModelLoadRequest(model_name=name)
+        for key, value in field_of(body, "parameters", dict, "", {}).items():
+            _load_parameter(load, key, value)
+        config_json, files = messages.load_parameters(load)
+        await self._plane.load(name, config_json, files)
+        return web.Response(status=200)
+
+    async def unload(self, request: web.Request) -> web.Response:
+        body = read_object(await request.read(), "unload request")
+        parameters = field_of(body, "parameters", dict, "", {})
+        field_of(parameters, "unload_dependents", bool, "parameters: ")  # no dependents here
+        await self._plane.unload(request.match_info["model"])
+        return web.Response(status=200)
+
+    # --- shared memory -------------------------------------------------------------------------
+
+    def _region_status(self, kind: RegionKind) -> Handler:
+        async def status(request: web.Request) -> web.Response:
+            name = request.match_info.get("region", "")
+            if kind is RegionKind.SYSTEM:
+                regions: Message = messages.system_regions(self._plane, name)
+            else:
+                regions = messages.cuda_regions(self._plane, name)
+            listed = as_json(regions)["regions"]
+            return _json_body([listed[n] for n in sorted(listed)])
+
+        return status
+
+    def _register(self, kind: RegionKind) -> Handler:
+        async def register(request: web.Request) -> web.Response:
+            name = request.match_info["region"]
+            where = f"register of {kind.value} region '{name}'"
+            body = read_object(await request.read(), where)
+            byte_size = _required_int(body, "byte_size", where)
+            if kind is RegionKind.SYSTEM:
+                key = field_of(body, "key", str, f"{where}: ")
+                if key is None:
+                    raise InvalidArgument(f"{where}: 'key': expected a string, received none")
+                offset = field_of(body, "offset", int, f"{where}: ", 0)
+                await self._plane.register_system_region(name, key, offset, byte_size)
+            else:
+                handle = _raw_handle(body, where)
+                device = _required_int(body, "device_id", where)
+                await self._plane.register_cuda_region(name, handle, device, byte_size)
+            return web.Response(status=200)
+
+        return register
+
+    def _unregister(self, kind: RegionKind) -> Handler:
+        async def unregister(request: web.Request) -> web.Response:
+            await self._plane.unregister_region(kind, request.match_info.get("region", ""))
+            return web.Response(status=200)
+
+        return unregister
+
+    # --- inference -----------------------------------------------------------------------------
+
+    async def infer(self, request: web.Request) -> web.Response:
+        name, version = _model_of(request)
+        body = await request.read()
+        header_length = request.headers.get(HEADER_LENGTH)
+        if len(body) > OFF_LOOP_JSON_BYTES and header_length is None:
+            rest = await asyncio.to_thread(read_request, body, header_length, name, version)
+        else:
+            rest = read_request(body, header_length, name, version)
+        limits = self._plane.limits
+
+        def prepare(model: ServingModel) -> CheckedRequest:
+            return check_request(rest.message, model, None, limits, rest.raw)
+
+        def encode(model: ServingModel, response: InferenceResponse) -> _Answer:
+            return _Answer(model.version, response_outputs(model, response))
+
+        answer = await self._plane.infer(name, version, prepare, encode)
+        if _json_elements(rest, answer.outputs) > OFF_LOOP_JSON_BYTES // 8:
+            text, binary = await asyncio.to_thread(
+                infer_document, rest, answer.version, answer.outputs
+            )
+        else:
+            text, binary = infer_document(rest, answer.version, answer.outputs)
+        if not binary:
+            return web.Response(body=text, content_type="application/json")
+        # Triton's binary tensor data extension: the JSON's length, then the outputs' bytes.
+        response = web.Response(
+            body=b"".join([text, *binary]), content_type="application/octet-stream"
+        )
+        response.headers[HEADER_LENGTH] = str(len(text))
+        return response
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """An inference's outputs, as the data plane hands them back to be written as REST."""
+
+    version: int
+    outputs: list[ResponseOutput]
+
+
+def _json_elements(request: RestInferRequest, outputs: list[ResponseOutput]) -> int:
+    """How many elements the response writes as JSON numbers or strings."""
+    return sum(
+        int(o.array.size)
+        for o in outputs
+        if not isinstance(o.array, PlacedOutput) and not request.wants_binary(o.name)
+    )
+
+
+def _model_of(request: web.Request) -> tuple[str, str]:
+    """The model name and version ("" for none) of a /v2/models/... path."""
+    return request.match_info.get("model", ""), request.match_info.get("version", "")
+
+
+def _json(message: Message) -> web.Response:
+    return _json_body(as_json(message))
+
+
+def _json_body(body: object) -> web.Response:
+    return web.Response(
+        body=json.dumps(body, separators=(",", ":")).encode(), content_type="application/json"
+    )
+
+
+def _load_parameter(load: pb.RepositoryModelLoadRequest, key: str, value: Any) -> None:
+    """One load parameter: `config` a JSON string, `file:<path>` a file's base64."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"parameter '{key}': expected a JSON string, received {value!r}")
+    if not key.startswith("file:"):
+        load.parameters[key].string_param = value
+        return
+    try:
+        load.parameters[key].bytes_param = base64.b64decode(value, validate=True)
+    except binascii.Error as error:
+        raise InvalidArgument(
+            f"parameter '{key}': expected the file's contents in base64, received text that "
+            f"is not: {error}"
+        ) from None
+
+
+def _required_int(body: dict[str, Any], name: str, where: str) -> int:
+    value = field_of(body, name, int, f"{where}: ")
+    if value is None:
+        raise InvalidArgument(f"{where}: '{name}': expected an integer, received none")
+    return int(value)
+
+
+def _raw_handle(body: dict[str, Any], where: str) -> bytes:
+    """A CUDA IPC handle sent as {"b64": "..."}."""
+    handle = field_of(body, "raw_handle", dict, f"{where}: ")
+    encoded = field_of(handle or {}, "b64", str, f"{where}: raw_handle: ")
+    if encoded is None:
+        raise InvalidArgument(
+            f'{where}: \'raw_handle\': expected {{"b64": "<base64 of the handle>"}}, '
+            f"received {handle!r}"
+        )
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except binascii.Error as error:
+        raise InvalidArgument(f"{where}: raw_handle: 'b64': not base64: {error}") from None

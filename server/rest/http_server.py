@@ -1,0 +1,119 @@
+"""The REST transport: an aiohttp server on the event loop gRPC uses, beside it.
+
+aiohttp, measured against uvicorn running a bare ASGI app, each as trtserve runs it (on the
+default asyncio loop a grpc.aio server shares, which rules out uvloop): alike at concurrency 1,
+aiohttp 10% ahead at 8 and 32 (benchmarks/http_frameworks.py, docs/benchmarks.md). It also
+brings what the endpoints need without more code: routing with path patterns, a body size
+limit, request decompression, `Expect: 100-continue` (perf_analyzer sends it), TLS through
+an ssl context, and serving a socket trtserve binds itself (shared by `--workers`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from trtserve.server.api.auth import AccessPolicy, Caller
+from trtserve.server.dataplane.dataplane import DataPlane
+from trtserve.server.rest.handlers import Handler, RestHandlers, Route
+from trtserve.server.rest.status import error_response, response_for
+
+log = logging.getLogger(__name__)
+
+
+class RestServer:
+    """The v2 REST endpoints on one listening socket."""
+
+    def __init__(
+        self, plane: DataPlane, policy: AccessPolicy, max_body_bytes: int, grace_s: float
+    ) -> None:
+        """`grace_s`: how long `stop` lets requests in progress finish."""
+        self._app = _application(plane, policy, max_body_bytes)
+        self._grace_s = grace_s
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, listener: socket.socket, ssl_context: ssl.SSLContext | None) -> int:
+        """Serve on `listener` (bound and listening); the port it is bound to."""
+        self._runner = web.AppRunner(
+            self._app, access_log=None, handle_signals=False, shutdown_timeout=self._grace_s
+        )
+        await self._runner.setup()
+        await web.SockSite(self._runner, listener, ssl_context=ssl_context).start()
+        return int(listener.getsockname()[1])
+
+    async def stop(self) -> None:
+        """Stop listening; requests in progress get the grace period to finish."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+
+def _application(plane: DataPlane, policy: AccessPolicy, max_body_bytes: int) -> web.Application:
+    app = web.Application(
+        client_max_size=max_body_bytes, middlewares=[_answer_errors(max_body_bytes)]
+    )
+    for route in RestHandlers(plane).routes():
+        app.router.add_route(route.method, route.path, _guarded(route, policy))
+    return app
+
+
+def _guarded(route: Route, policy: AccessPolicy) -> Handler:
+    """The route's handler, behind the access policy when not every caller may call it."""
+    if route.role is None or not policy.anonymous_lacks(route.role):
+        return route.handler
+    needed = route.role
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        policy.require(needed, f"{request.method} {request.path}", _caller(request))
+        return await route.handler(request)
+
+    return guarded
+
+
+def _caller(request: web.Request) -> Caller:
+    """The credentials a request presented: its Authorization headers and verified client CN."""
+    authorization = tuple(request.headers.getall("Authorization", ()))
+    common_name = None
+    transport = request.transport
+    certificate = transport.get_extra_info("peercert") if transport is not None else None
+    for attributes in (certificate or {}).get("subject", ()):
+        for key, value in attributes:
+            if key == "commonName":
+                common_name = value
+    return Caller(authorization, common_name)
+
+
+def _answer_errors(max_body_bytes: int) -> Middleware:
+    """The middleware answering every error as Triton's error JSON with its status."""
+
+    @web.middleware
+    async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except asyncio.CancelledError:
+            raise
+        except web.HTTPRequestEntityTooLarge:
+            return error_response(
+                413,
+                f"request body: expected at most {max_body_bytes} bytes (setting "
+                "max_message_mb), received more",
+            )
+        except web.HTTPNotFound:
+            return error_response(404, f"Not Found: no v2 endpoint at {request.path}")
+        except web.HTTPMethodNotAllowed as error:
+            allowed = ", ".join(sorted(error.allowed_methods))
+            return error_response(
+                405,
+                f"Method Not Allowed: {request.path} expects {allowed}, received {request.method}",
+            )
+        except web.HTTPException as error:
+            return error_response(error.status, error.text or error.reason)
+        except Exception as error:
+            return response_for(error, f"{request.method} {request.path}")
+
+    return answer
