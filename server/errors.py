@@ -75,6 +75,12 @@ class PermissionDenied(ServerError):
     kind = "permission_denied"
 
 
+class Unimplemented(ServerError):
+    """A protocol extension this server does not implement (trace, logging settings)."""
+
+    kind = "unimplemented"
+
+
 class Internal(ServerError):
     """A bug or an unexpected failure inside the server."""
 

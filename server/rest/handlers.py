@@ -22,7 +22,7 @@ from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.server.api.auth import Role
 from trtserve.server.dataplane.dataplane import DataPlane
 from trtserve.server.dataplane.shared_memory import RegionKind
-from trtserve.server.errors import InvalidArgument, Unavailable
+from trtserve.server.errors import InvalidArgument, Unavailable, Unimplemented
 from trtserve.server.models.serving_model import ServingModel
 from trtserve.server.repository.repository import check_model_name
 from trtserve.server.rest.infer_json import HEADER_LENGTH, RestInferRequest, read_request
@@ -35,6 +35,8 @@ from trtserve.server.v2 import messages
 from trtserve.server.v2.codec import CheckedRequest, ResponseOutput, check_request, response_outputs
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Under `serve --workers N`, GET /v2 names the answering worker's index in this header.
+WORKER_HEADER = "trtserve-worker"
 # JSON bigger than this is read and written on a worker thread, off the event loop.
 OFF_LOOP_JSON_BYTES = 1 << 20
 
@@ -77,6 +79,9 @@ class RestHandlers:
                 Route("GET", base + "/stats", self.statistics, infer),
                 Route("POST", base + "/infer", self.infer, infer),
             ]
+        # Triton's trace and logging extensions: answered, and refused as not implemented.
+        for path in ("/v2/trace/setting", model + "/trace/setting", "/v2/logging"):
+            routes += [Route(m, path, self.not_implemented, infer) for m in ("GET", "POST")]
         for kind in RegionKind:
             prefix = f"/v2/{kind.value}sharedmemory"
             region = prefix + "/region/{region}"
@@ -89,6 +94,12 @@ class RestHandlers:
             ]
         return routes
 
+    async def not_implemented(self, request: web.Request) -> web.Response:
+        raise Unimplemented(
+            f"{request.method} {request.path}: Triton's trace and logging settings are not "
+            "implemented by this server (it logs to stderr; see --log-level and --log-format)"
+        )
+
     # --- health and metadata -----------------------------------------------------------------
 
     async def live(self, request: web.Request) -> web.Response:
@@ -98,7 +109,12 @@ class RestHandlers:
         return web.Response(status=200 if self._plane.ready() else 400)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
-        return _json(messages.server_metadata(self._plane))
+        response = _json(messages.server_metadata(self._plane))
+        worker = self._plane.info().worker
+        if worker is not None:
+            # Which worker a connection reached, for operators and tests of `--workers`.
+            response.headers[WORKER_HEADER] = str(worker)
+        return response
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         name, version = _model_of(request)

@@ -1,4 +1,5 @@
-"""Triton's perf_analyzer 2.50, unchanged, against trtserve: inline and by system shared memory.
+"""Triton's perf_analyzer 2.50, unchanged, against trtserve over gRPC and HTTP: inline and by
+system shared memory.
 
 perf_analyzer registers one system shared-memory region per input and output, fills them,
 references them in every request and unregisters them at the end; trtserve must serve all of
@@ -38,6 +39,7 @@ def shm_input_bytes(samples: MetricSamples) -> float:
     )
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
 @pytest.mark.parametrize("shared_memory", ["none", "system"])
 def test_perf_analyzer_runs_unchanged(
     perf_analyzer: Path,
@@ -45,6 +47,7 @@ def test_perf_analyzer_runs_unchanged(
     scrape_metrics: Callable[[int], MetricSamples],
     tmp_path: Path,
     shared_memory: str,
+    protocol: str,
 ) -> None:
     before = scrape_metrics(server.metrics_port)
     report = tmp_path / "report.csv"
@@ -54,9 +57,9 @@ def test_perf_analyzer_runs_unchanged(
             "-m",
             "simple",
             "-i",
-            "grpc",
+            protocol,
             "-u",
-            server.address,
+            server.address if protocol == "grpc" else server.http_address,
             "--shared-memory",
             shared_memory,
             "--concurrency-range",

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from rest_calls import Answer, add_infer_body, bearer, call
 from served import Served, serving, status_of
 from server_process import serve_fails, start_server
 from tiny_models import add_config, add_constant_model, add_request, output_of, tree, write_model
@@ -34,7 +35,7 @@ TIMEOUT_S = 20.0
 Metadata = Sequence[tuple[str, str]]
 
 
-def bearer(token: str) -> Metadata:
+def metadata_bearer(token: str) -> Metadata:
     return (("authorization", f"Bearer {token}"),)
 
 
@@ -138,12 +139,12 @@ def test_without_a_token_every_protected_call_is_unauthenticated(with_tokens: Se
 @pytest.mark.parametrize(
     "metadata",
     [
-        bearer("infer-token-0123456789abcdeX"),  # one character off
-        bearer(INFER_TOKEN[:-1]),
-        bearer(""),
+        metadata_bearer("infer-token-0123456789abcdeX"),  # one character off
+        metadata_bearer(INFER_TOKEN[:-1]),
+        metadata_bearer(""),
         (("authorization", f"Basic {INFER_TOKEN}"),),
         (("authorization", INFER_TOKEN),),
-        (*bearer(INFER_TOKEN), *bearer(ADMIN_TOKEN)),
+        (*metadata_bearer(INFER_TOKEN), *metadata_bearer(ADMIN_TOKEN)),
     ],
     ids=["wrong", "prefix", "empty", "basic-scheme", "no-scheme", "two-headers"],
 )
@@ -156,51 +157,63 @@ def test_a_bad_token_is_unauthenticated(with_tokens: Served, metadata: Metadata)
 
 def test_infer_token_runs_inference_and_reads_metadata(with_tokens: Served) -> None:
     request, x = add_request("add", rows=2)
-    response = with_tokens.stub.ModelInfer(request, metadata=bearer(INFER_TOKEN), timeout=TIMEOUT_S)
+    response = with_tokens.stub.ModelInfer(
+        request, metadata=metadata_bearer(INFER_TOKEN), timeout=TIMEOUT_S
+    )
     np.testing.assert_array_equal(output_of(response), x + 1.0)
     stream = with_tokens.stub.ModelStreamInfer(
-        iter([request, request]), metadata=bearer(INFER_TOKEN), timeout=TIMEOUT_S
+        iter([request, request]), metadata=metadata_bearer(INFER_TOKEN), timeout=TIMEOUT_S
     )
     replies = list(stream)
     assert [r.error_message for r in replies] == ["", ""]
     meta = with_tokens.stub.ModelMetadata(
-        pb.ModelMetadataRequest(name="add"), metadata=bearer(INFER_TOKEN), timeout=TIMEOUT_S
+        pb.ModelMetadataRequest(name="add"),
+        metadata=metadata_bearer(INFER_TOKEN),
+        timeout=TIMEOUT_S,
     )
     assert meta.name == "add"
     index = with_tokens.stub.RepositoryIndex(
-        pb.RepositoryIndexRequest(), metadata=bearer(INFER_TOKEN), timeout=TIMEOUT_S
+        pb.RepositoryIndexRequest(), metadata=metadata_bearer(INFER_TOKEN), timeout=TIMEOUT_S
     )
     assert [m.name for m in index.models] == ["add"]
 
 
 def test_infer_token_cannot_load_unload_or_upload(with_tokens: Served) -> None:
     before = tree(with_tokens.repository)
-    for method, call in admin_calls(with_tokens, bearer(INFER_TOKEN), "infer_upload").items():
+    for method, call in admin_calls(
+        with_tokens, metadata_bearer(INFER_TOKEN), "infer_upload"
+    ).items():
         code, message = status_of(call)
         assert code == grpc.StatusCode.PERMISSION_DENIED, (method, code, message)
         assert method in message and "needs role 'admin'" in message
         assert "has role 'infer'" in message
     assert tree(with_tokens.repository) == before
-    code, _ = status_of(infer(with_tokens, bearer(INFER_TOKEN)))
+    code, _ = status_of(infer(with_tokens, metadata_bearer(INFER_TOKEN)))
     assert code == grpc.StatusCode.OK  # the refused unload did not unload
 
 
 def test_admin_token_loads_uploads_and_unloads(with_tokens: Served) -> None:
-    calls = admin_calls(with_tokens, bearer(ADMIN_TOKEN), "admin_upload")
+    calls = admin_calls(with_tokens, metadata_bearer(ADMIN_TOKEN), "admin_upload")
     assert status_of(calls["UploadModel"]) == (grpc.StatusCode.OK, "")
     stored = with_tokens.repository / "admin_upload" / "1" / "model.onnx"
     assert stored.read_bytes() == add_constant_model(5.0)
     request, x = add_request("admin_upload")
-    response = with_tokens.stub.ModelInfer(request, metadata=bearer(INFER_TOKEN), timeout=TIMEOUT_S)
+    response = with_tokens.stub.ModelInfer(
+        request, metadata=metadata_bearer(INFER_TOKEN), timeout=TIMEOUT_S
+    )
     np.testing.assert_array_equal(output_of(response), x + 5.0)
-    calls = admin_calls(with_tokens, bearer(ADMIN_TOKEN), "admin_load")
+    calls = admin_calls(with_tokens, metadata_bearer(ADMIN_TOKEN), "admin_load")
     assert status_of(calls["RepositoryModelLoad"]) == (grpc.StatusCode.OK, "")
     assert status_of(calls["RepositoryModelUnload"]) == (grpc.StatusCode.OK, "")
-    code, message = status_of(infer(with_tokens, bearer(ADMIN_TOKEN)))  # admin may infer too
+    code, message = status_of(
+        infer(with_tokens, metadata_bearer(ADMIN_TOKEN))
+    )  # admin may infer too
     assert code == grpc.StatusCode.UNAVAILABLE and "unloaded" in message
     reload = pb.RepositoryModelLoadRequest(model_name="add")
-    with_tokens.stub.RepositoryModelLoad(reload, metadata=bearer(ADMIN_TOKEN), timeout=TIMEOUT_S)
-    assert status_of(infer(with_tokens, bearer(ADMIN_TOKEN)))[0] == grpc.StatusCode.OK
+    with_tokens.stub.RepositoryModelLoad(
+        reload, metadata=metadata_bearer(ADMIN_TOKEN), timeout=TIMEOUT_S
+    )
+    assert status_of(infer(with_tokens, metadata_bearer(ADMIN_TOKEN)))[0] == grpc.StatusCode.OK
 
 
 def test_health_reflection_and_liveness_stay_open_with_tokens(with_tokens: Served) -> None:
@@ -220,18 +233,18 @@ def test_model_health_needs_a_token_and_does_not_tell_which_models_exist(
     unknown = status_of(health_of(with_tokens, "no_such_model"))
     assert known[0] == unknown[0] == grpc.StatusCode.UNAUTHENTICATED
     assert known[1] == unknown[1] and "'infer'" in known[1] and "Bearer" in known[1]
-    bad = status_of(health_of(with_tokens, "add", bearer("x" * 20)))
+    bad = status_of(health_of(with_tokens, "add", metadata_bearer("x" * 20)))
     assert bad[0] == grpc.StatusCode.UNAUTHENTICATED
     health = health_pb2_grpc.HealthStub(with_tokens.channel)  # type: ignore[no-untyped-call]
     watch = health.Watch(health_pb2.HealthCheckRequest(service="add"), timeout=TIMEOUT_S)
     assert status_of(lambda: next(watch))[0] == grpc.StatusCode.UNAUTHENTICATED
     # With a token, the answers are grpc's own; the overall service needs none.
-    assert status_of(health_of(with_tokens, "add", bearer(INFER_TOKEN))) == (
+    assert status_of(health_of(with_tokens, "add", metadata_bearer(INFER_TOKEN))) == (
         grpc.StatusCode.OK,
         "",
     )
     assert (
-        status_of(health_of(with_tokens, "no_such_model", bearer(INFER_TOKEN)))[0]
+        status_of(health_of(with_tokens, "no_such_model", metadata_bearer(INFER_TOKEN)))[0]
         == grpc.StatusCode.NOT_FOUND
     )
     assert status_of(health_of(with_tokens, "")) == (grpc.StatusCode.OK, "")
@@ -276,7 +289,9 @@ def test_default_leaves_model_health_open(no_credentials: Served) -> None:
 
 
 def test_default_ignores_tokens_it_was_not_given(no_credentials: Served) -> None:
-    load = admin_calls(no_credentials, bearer(ADMIN_TOKEN), "default_upload")["RepositoryModelLoad"]
+    load = admin_calls(no_credentials, metadata_bearer(ADMIN_TOKEN), "default_upload")[
+        "RepositoryModelLoad"
+    ]
     assert status_of(load)[0] == grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -325,7 +340,9 @@ def test_large_refused_loads_are_not_held_by_the_server(
 
 def test_a_checked_unary_call_without_its_message_is_invalid(with_tokens: Served) -> None:
     call = with_tokens.channel.stream_unary(LOAD_METHOD)
-    code, message = status_of(lambda: call(iter([]), metadata=bearer(ADMIN_TOKEN), timeout=5))
+    code, message = status_of(
+        lambda: call(iter([]), metadata=metadata_bearer(ADMIN_TOKEN), timeout=5)
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "expected one request message, received none" in message
 
@@ -439,3 +456,35 @@ def test_token_file_is_reread_when_rotated(tmp_path: Path) -> None:
     assert tokens.role_of(INFER_TOKEN) is None
     rotate(path, "half-written")  # a broken rotation keeps the tokens that worked
     assert tokens.role_of(ADMIN_TOKEN) == Role.ADMIN
+
+
+# --- the same policy over REST ---------------------------------------------------------------
+
+
+def rest(served: Served, method: str, path: str, token: str | None = None) -> Answer:
+    body = add_infer_body() if path.endswith("/infer") else None
+    return call(served.process.http_address, method, path, body, bearer(token) if token else None)
+
+
+def test_rest_with_tokens_checks_each_endpoint_s_role(with_tokens: Served) -> None:
+    for path in ("/v2/health/live", "/v2/health/ready"):
+        assert rest(with_tokens, "GET", path).status == 200, path
+    refused = rest(with_tokens, "GET", "/v2")
+    assert refused.status == 401 and refused.headers["www-authenticate"] == "Bearer"
+    assert "GET /v2 needs role 'infer'" in refused.error, refused.error
+    assert rest(with_tokens, "POST", "/v2/models/add/infer", "not-a-token").status == 401
+    answer = rest(with_tokens, "POST", "/v2/models/add/infer", INFER_TOKEN)
+    assert answer.status == 200 and answer.json()["outputs"][0]["data"] == [1.0, 2.0, 3.0, 4.0]
+    load = "/v2/repository/models/add/load"
+    denied = rest(with_tokens, "POST", load, INFER_TOKEN)
+    assert denied.status == 403
+    assert denied.error == f"POST {load} needs role 'admin', the caller has role 'infer'"
+    assert rest(with_tokens, "POST", load, ADMIN_TOKEN).status == 200
+
+
+def test_rest_without_credentials_opens_inference_and_refuses_admin(no_credentials: Served) -> None:
+    assert rest(no_credentials, "POST", "/v2/models/add/infer").status == 200
+    denied = rest(no_credentials, "POST", "/v2/repository/models/add/unload")
+    assert denied.status == 403
+    assert "no credentials configured" in denied.error
+    assert rest(no_credentials, "GET", "/v2/models/add/ready").status == 200

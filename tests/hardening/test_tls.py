@@ -8,7 +8,9 @@ handshake; an accepted certificate's subject CN picks the role (mapped, else adm
 from __future__ import annotations
 
 import datetime
+import http.client
 import ipaddress
+import ssl
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rest_calls import add_infer_body, call
 from served import status_of
 from server_process import ServerProcess, run_cli, serve_fails, start_server
 from tiny_models import add_config, add_constant_model, add_request, output_of, write_model
@@ -386,3 +389,37 @@ def test_bad_client_role_mapping_stops_the_start(pki: Pki) -> None:
         "reader=root",
     ]
     assert "expected role 'infer' or 'admin', received 'root'" in serve_fails(args)
+
+
+# --- the same certificates on the REST port -------------------------------------------------
+
+
+def https_context(pki: Pki, client: Identity | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cadata=pki.ca.cert.decode())
+    if client is not None:
+        context.load_cert_chain(client.cert_file, client.key_file)
+    return context
+
+
+def test_rest_serves_https_with_the_server_certificate(tls_server: ServerProcess, pki: Pki) -> None:
+    address = f"localhost:{tls_server.http_port}"
+    answer = call(address, "POST", "/v2/models/add/infer", add_infer_body(), tls=https_context(pki))
+    assert answer.status == 200, answer.body
+    assert answer.json()["outputs"][0]["data"] == [1.0, 2.0, 3.0, 4.0]
+    # Plain HTTP to the TLS port gets no answer.
+    with pytest.raises((ConnectionError, http.client.HTTPException)):
+        call(address, "GET", "/v2/health/ready")
+
+
+def test_rest_maps_client_certificates_to_roles(mtls_server: ServerProcess, pki: Pki) -> None:
+    address = f"localhost:{mtls_server.http_port}"
+    load = "/v2/repository/models/add/load"
+    reader = https_context(pki, pki.reader)
+    assert call(address, "POST", "/v2/models/add/infer", add_infer_body(), tls=reader).status == 200
+    denied = call(address, "POST", load, tls=reader)
+    assert denied.status == 403 and "the caller has role 'infer'" in denied.error
+    assert call(address, "POST", load, tls=https_context(pki, pki.operator)).status == 200
+    # No certificate, or one another CA signed: the handshake fails before any request.
+    for context in (https_context(pki), https_context(pki, pki.rogue)):
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            call(address, "GET", "/v2/health/ready", tls=context)

@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from rest_calls import call
 from served import Served, serving, status_of, wait_for
 from server_process import ServerProcess, serve_fails, spawn
 from tiny_models import add_config, add_constant_model, add_request, output_of, write_model
@@ -60,6 +61,14 @@ def test_a_second_server_on_the_grpc_port_fails_naming_it(served: Served) -> Non
         with grpc.insecure_channel(served.process.address) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
             assert stub.ServerLive(pb.ServerLiveRequest(), timeout=TIMEOUT_S).live
+
+
+def test_a_second_server_on_the_http_port_fails_naming_it(served: Served) -> None:
+    port = served.process.http_port
+    output = serve_fails(["--host", "127.0.0.1", "--http-port", str(port), "--metrics-port", "-1"])
+    assert f"setting http_port: cannot listen on 127.0.0.1:{port}: in use" in output, output
+    assert "Traceback" not in output
+    assert call(served.process.http_address, "GET", "/v2/health/ready").status == 200
 
 
 def test_a_second_server_on_the_metrics_port_fails_naming_it(served: Served) -> None:

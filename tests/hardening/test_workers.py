@@ -7,6 +7,7 @@ trailing metadata names the worker that answered, and each test asserts that bot
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 import grpc
 import numpy as np
 import pytest
+from rest_calls import add_infer_body, call
 from server_process import ServerProcess, run_cli, start_server
 from tiny_models import WIDTH, add_config, add_constant_model, add_request, output_of, write_model
 
@@ -328,3 +330,21 @@ def test_sigterm_drains_every_worker(
             connection.channel.close()
     finally:
         server.kill()
+
+
+def test_rest_reaches_every_worker_and_a_load_through_it_serves_on_all(
+    cluster: ServerProcess,
+) -> None:
+    address = cluster.http_address
+    body = {"parameters": {"config": add_config("plus5")}}
+    body["parameters"]["file:1/model.onnx"] = base64.b64encode(add_constant_model(5.0)).decode()
+    assert call(address, "POST", "/v2/repository/models/plus5/load", body).status == 200
+    reached = set()
+    for _ in range(CONNECTIONS):  # every call is a fresh connection
+        metadata = call(address, "GET", "/v2")
+        reached.add(int(metadata.headers["trtserve-worker"]))
+        answer = call(address, "POST", "/v2/models/plus5/infer", add_infer_body(WIDTH))
+        assert answer.status == 200, answer.body
+        assert answer.json()["outputs"][0]["data"] == [5.0, 6.0, 7.0, 8.0]
+    assert reached == set(range(WORKERS)), reached
+    assert call(address, "POST", "/v2/repository/models/plus5/unload").status == 200

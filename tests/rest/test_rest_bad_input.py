@@ -189,9 +189,7 @@ CASES: dict[str, Case] = {
     ),
     "duplicate_output": Case(_outputs("OUTPUT1", "OUTPUT1"), 400, ("OUTPUT1", "more than once")),
     "batch_mismatch": Case(_batch_mismatch, 400, (MODEL, "'INPUT0': 2", "'INPUT1': 1")),
-    "unknown_model": Case(
-        _path("/v2/models/no_such_model/infer"), 404, ("no_such_model", MODEL)
-    ),
+    "unknown_model": Case(_path("/v2/models/no_such_model/infer"), 404, ("no_such_model", MODEL)),
     "unknown_version": Case(
         _path(f"/v2/models/{MODEL}/versions/7/infer"), 404, (MODEL, "'7'", "[1]")
     ),
@@ -208,9 +206,7 @@ CASES: dict[str, Case] = {
     "json_booleans": Case(
         _set(1, "data", [True] * WIDTH), 400, ("INPUT1", "numbers", "FP32", "booleans"), True
     ),
-    "json_ragged": Case(
-        _set(0, "data", [[1.0], [1.0, 2.0]]), 400, ("INPUT0", "ragged"), True
-    ),
+    "json_ragged": Case(_set(0, "data", [[1.0], [1.0, 2.0]]), 400, ("INPUT0", "ragged"), True),
     "json_unknown_datatype": Case(
         _set(1, "datatype", "FLOAT32"), 400, ("INPUT1", "FLOAT32", "FP32"), True
     ),
