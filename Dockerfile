@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
-# trtserve: KServe v2 gRPC inference server for TensorRT version-compatible engines.
+# trtserve: KServe v2 gRPC and REST inference server for TensorRT version-compatible engines.
 #
 #   docker build -t trtserve --build-arg LEAN_VERSIONS="11.0.0.114 11.4.0.106" .
-#   docker run --gpus all -p 8001:8001 -p 8002:8002 -v "$PWD/models:/var/lib/trtserve/models" trtserve
+#   docker run --gpus all -p 8000:8000 -p 8001:8001 -p 8002:8002 \
+#     -v "$PWD/models:/var/lib/trtserve/models" trtserve
 #
 # No CUDA base image: the TensorRT dispatch and lean libraries link the CUDA runtime statically
 # and need only the driver, which the NVIDIA container toolkit mounts from the host; the one
@@ -63,13 +64,14 @@ ENV PATH=/opt/trtserve/venv/bin:$PATH \
     TRTSERVE_REPOSITORY=/var/lib/trtserve/models \
     TRTSERVE_RUNTIMES_DIR=/var/lib/trtserve/runtimes \
     TRTSERVE_BAKED_RUNTIMES_DIR=/opt/trtserve/runtimes \
+    TRTSERVE_HTTP_PORT=8000 \
     TRTSERVE_GRPC_PORT=8001 \
     TRTSERVE_METRICS_PORT=8002 \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER 10001:10001
 WORKDIR /var/lib/trtserve
-EXPOSE 8001 8002
+EXPOSE 8000 8001 8002
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "/opt/trtserve/bin/healthcheck.py"]
 # The entrypoint execs `trtserve serve`, so the server is PID 1 and gets SIGTERM itself: it

@@ -6,7 +6,7 @@ of the built-in `simple` model's size (a JSON body of two 16-element FP32 inputs
 prebuilt JSON reply of two outputs) and nothing else, so what differs is the framework's own
 cost per request. uvicorn runs a bare ASGI function (no framework above it) with its fastest
 parser (httptools). One load process (aiohttp's client, keep-alive, closed loop) drives each
-at concurrency 1, 8 and 32; the candidates alternate, 3 runs each, medians.
+at concurrency 1, 8 and 32; one candidate after the other, 3 runs each, medians.
 
     python benchmarks/http_frameworks.py [--duration 3] [--runs 3]
 """
@@ -93,7 +93,12 @@ async def _uvicorn(port: int) -> None:
         await send({"type": "http.response.body", "body": REPLY})
 
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, http="httptools", lifespan="off", access_log=False,
+        app,
+        host="127.0.0.1",
+        port=port,
+        http="httptools",
+        lifespan="off",
+        access_log=False,
         log_level="warning",
     )
     await uvicorn.Server(config).serve()
@@ -110,9 +115,7 @@ async def _load(port: int, concurrency: int, duration: float) -> float:
     url = f"http://127.0.0.1:{port}{MODEL_PATH}"
     done = 0
     stop = 0.0
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=concurrency)
-    ) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
 
         async def one() -> None:
             async with session.post(url, data=REQUEST) as reply:
@@ -160,7 +163,7 @@ def main() -> None:
                 results.setdefault((kind, concurrency), []).append(rate)
         server.kill()
         server.join()
-    print("| concurrency | aiohttp req/s | uvicorn (bare ASGI, httptools) req/s | uvicorn / aiohttp |")
+    print("| concurrency | aiohttp req/s | uvicorn (bare ASGI) req/s | uvicorn / aiohttp |")
     print("| ---: | ---: | ---: | ---: |")
     for concurrency in (1, 8, 32):
         a = statistics.median(results["aiohttp", concurrency])

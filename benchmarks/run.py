@@ -723,7 +723,11 @@ def render(
 
 # Sections of the page that other scripts measure (pasted by hand from their output): a rewrite
 # keeps them, from the heading to the end of the page.
-KEPT_SECTIONS = ("## One-by-one path (CPU)", "## Shared memory (CPU)")
+KEPT_SECTIONS = (
+    "## One-by-one path (CPU)",
+    "## Shared memory (CPU)",
+    "## REST against gRPC (CPU)",
+)
 
 
 def kept_sections(page: Path) -> str:

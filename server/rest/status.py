@@ -1,9 +1,10 @@
 """The one place where errors become HTTP statuses and `{"error": "..."}` bodies.
 
 The statuses are Triton's (its HttpCodeFromError): not found 404, unavailable 503,
-unimplemented 501, internal 500, and 400 for the other refusals of a request. Where Triton has no such error, HTTP's own
-status is used: 401 and 403 for credentials, 429 for a full queue or another limit (clients and
-load balancers back off on it), 413 for a body over the size limit, 504 for a deadline.
+unimplemented 501, internal 500, and 400 for the other refusals of a request. Where Triton has
+no such error, HTTP's own status is used: 401 and 403 for credentials, 429 for a full queue or
+another limit (clients and load balancers back off on it), 413 for a body over the size limit,
+504 for a deadline.
 """
 
 from __future__ import annotations

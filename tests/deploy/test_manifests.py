@@ -336,13 +336,13 @@ def test_deployment_probes_drain_and_storage_fit_together(
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert server[probe]["grpc"] == {"port": 8001, "service": ""}
     ports = {p["name"]: p["containerPort"] for p in server["ports"]}
-    assert ports == {"grpc": 8001, "metrics": 8002}
+    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
 
     config_map = by_kind(resources, "ConfigMap")[0]
     toml = tmp_path / "trtserve.toml"
     toml.write_text(config_map["data"]["trtserve.toml"])
     settings = load_settings(toml, environ={})  # unknown keys would raise
-    assert (settings.grpc_port, settings.metrics_port) == (8001, 8002)
+    assert (settings.http_port, settings.grpc_port, settings.metrics_port) == (8000, 8001, 8002)
     pre_stop = server["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert pod["terminationGracePeriodSeconds"] >= pre_stop + settings.grace_period_s + 1
     env = {e["name"]: e.get("value") for e in server["env"]}
@@ -378,7 +378,7 @@ def test_services_pdb_and_hpa_select_the_pods(
     for service in services.values():
         assert service["spec"]["selector"].items() <= pod_labels.items()
     assert services["trtserve-headless"]["spec"]["clusterIP"] == "None"
-    assert {p["port"] for p in services["trtserve"]["spec"]["ports"]} == {8001, 8002}
+    assert {p["port"] for p in services["trtserve"]["spec"]["ports"]} == {8000, 8001, 8002}
     pdb = by_kind(resources, "PodDisruptionBudget")[0]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
 
@@ -420,18 +420,27 @@ def test_alerts_cover_errors_latency_and_readiness_with_real_metrics() -> None:
         assert metric_names(expr) and metric_names(expr) <= exported, name
 
 
-def test_inference_service_uses_the_serving_runtime() -> None:
+# Each protocol's InferenceService: its port name (h2c tells KServe the port speaks gRPC) and
+# the setting that puts the server on that port.
+PROTOCOL_PORTS = {"grpc-v2": ("h2c", "TRTSERVE_GRPC_PORT"), "v2": ("http1", "TRTSERVE_HTTP_PORT")}
+
+
+@pytest.mark.parametrize("file", ["inferenceservice.yaml", "inferenceservice-http.yaml"])
+def test_inference_service_uses_the_serving_runtime(file: str) -> None:
     runtime = load_all(DEPLOY / "kserve" / "servingruntime.yaml")[0]
-    service = load_all(DEPLOY / "kserve" / "inferenceservice.yaml")[0]
+    service = load_all(DEPLOY / "kserve" / file)[0]
     model = service["spec"]["predictor"]["model"]
     assert model["runtime"] == runtime["metadata"]["name"]
     formats = {(f["name"], f.get("version")) for f in runtime["spec"]["supportedModelFormats"]}
     assert (model["modelFormat"]["name"], model["modelFormat"]["version"]) in formats
-    assert "grpc-v2" in runtime["spec"]["protocolVersions"]
-    assert model["protocolVersion"] == "grpc-v2"
+    assert set(runtime["spec"]["protocolVersions"]) == set(PROTOCOL_PORTS)
     container = runtime["spec"]["containers"][0]
     assert container["name"] == "kserve-container"
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["TRTSERVE_REPOSITORY"] == "/mnt/models"  # where KServe puts storageUri
-    assert container["ports"][0] == model["ports"][0]
-    assert container["readinessProbe"]["grpc"]["port"] == container["ports"][0]["containerPort"]
+    port_name, setting = PROTOCOL_PORTS[model["protocolVersion"]]
+    [port] = model["ports"]
+    assert (port["name"], port["containerPort"]) == (port_name, int(env[setting]))
+    # The runtime's own port and probes are gRPC's, which every InferenceService keeps.
+    assert container["ports"][0]["containerPort"] == int(env["TRTSERVE_GRPC_PORT"])
+    assert container["readinessProbe"]["grpc"]["port"] == int(env["TRTSERVE_GRPC_PORT"])

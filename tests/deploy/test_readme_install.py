@@ -1,5 +1,5 @@
 """The README's installs, in its order, into a fresh virtual environment: the server extra,
-then tritonclient[grpc] as the client section says. The server must still start after both
+then tritonclient[grpc,http] as the client section says. The server must still start after both
 (pip once downgraded protobuf under grpcio-health-checking here, and the server died).
 
 Downloads from the package index; runs with TRTSERVE_TEST_NETWORK=1."""
@@ -34,7 +34,7 @@ def test_server_then_tritonclient_leaves_a_server_that_starts(tmp_path: Path) ->
     venv.create(env, with_pip=True)
     python = env / "bin" / "python"
     run(python, "-m", "pip", "install", "-q", f"{ROOT}[server]")
-    run(python, "-m", "pip", "install", "-q", "tritonclient[grpc]")
+    run(python, "-m", "pip", "install", "-q", "tritonclient[grpc,http]")
     run(python, "-m", "pip", "check")
     # What `trtserve serve` imports, the generated code of every gRPC service included; and
     # tritonclient in a process of its own (one process cannot import both, see README).

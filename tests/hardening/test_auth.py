@@ -17,9 +17,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import rest_calls
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from rest_calls import Answer, add_infer_body, bearer, call
+from rest_calls import Answer, add_infer_body, bearer
 from served import Served, serving, status_of
 from server_process import serve_fails, start_server
 from tiny_models import add_config, add_constant_model, add_request, output_of, tree, write_model
@@ -463,7 +464,8 @@ def test_token_file_is_reread_when_rotated(tmp_path: Path) -> None:
 
 def rest(served: Served, method: str, path: str, token: str | None = None) -> Answer:
     body = add_infer_body() if path.endswith("/infer") else None
-    return call(served.process.http_address, method, path, body, bearer(token) if token else None)
+    headers = bearer(token) if token else None
+    return rest_calls.call(served.process.http_address, method, path, body, headers)
 
 
 def test_rest_with_tokens_checks_each_endpoint_s_role(with_tokens: Served) -> None:
