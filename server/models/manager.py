@@ -224,7 +224,8 @@ class ModelManager:
             if str(number) == version:
                 return serving
         served = sorted(record.served)
-        failed = record.failed.get(int(version)) if version.isdigit() else None
+        # str.isdigit accepts digits int() refuses ("²"): compare as text instead.
+        failed = next((r for v, r in record.failed.items() if str(v) == version), None)
         raise NotFound(
             f"model '{name}': version {version!r} is not served"
             + (f" (it failed to load: {failed})" if failed else "")

@@ -85,7 +85,6 @@ def test_driver_imports_no_trtserve() -> None:
     # The child must never import trtserve.protocol next to tritonclient.
     source = (E2E / f"{DRIVER}.py").read_text()
     assert "import trtserve" not in source and "from trtserve" not in source
-    assert "tritonclient" not in sys.modules, "tritonclient was imported into the pytest process"
 
 
 def test_server_and_model_metadata(driver: ProcessPoolExecutor, server_address: str) -> None:

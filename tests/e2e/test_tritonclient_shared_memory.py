@@ -85,7 +85,6 @@ def _serving(proc: ServerProcess) -> None:
 def test_driver_imports_no_trtserve() -> None:
     source = (E2E / f"{DRIVER}.py").read_text()
     assert "import trtserve" not in source and "from trtserve" not in source
-    assert "tritonclient" not in sys.modules, "tritonclient was imported into the pytest process"
 
 
 def test_inputs_and_outputs_by_reference(

@@ -248,3 +248,16 @@ def test_an_unload_stops_every_version(tmp_path: Path) -> None:
     versions, index = with_loaded_repository(root, steps)
     assert versions == []
     assert [(e.version, e.state, e.reason) for e in index] == [("", "UNAVAILABLE", "unloaded")]
+
+
+def test_a_version_that_is_no_ascii_number_is_not_found(tmp_path: Path) -> None:
+    async def inspect(manager: ModelManager) -> list[str]:
+        refusals = []
+        for version in ("²", "٣", "-1", "1.0"):
+            with pytest.raises(NotFound) as refused:
+                manager.get("m", version)
+            refusals.append(str(refused.value))
+        return refusals
+
+    for refusal in with_loaded_repository(repository(tmp_path, ""), inspect):
+        assert refusal.endswith("is not served; served versions: [3]"), refusal
