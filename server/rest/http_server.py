@@ -3,9 +3,10 @@
 aiohttp, measured against uvicorn running a bare ASGI app, each as trtserve runs it (on the
 default asyncio loop a grpc.aio server shares, which rules out uvloop): 6-17% behind at
 concurrency 1, 2-10% ahead at 8 and 32 (benchmarks/http_frameworks.py, docs/benchmarks.md),
-both far faster than the rest of a request's path. It also brings what the endpoints need without more code: routing with path patterns, a body size
-limit, request decompression, `Expect: 100-continue` (perf_analyzer sends it), TLS through
-an ssl context, and serving a socket trtserve binds itself (shared by `--workers`).
+both far faster than the rest of a request's path. It also brings what the endpoints need
+without more code: routing with path patterns, a body size limit, request decompression,
+`Expect: 100-continue` (perf_analyzer sends it), TLS through an ssl context, and serving a
+socket trtserve binds itself (shared by `--workers`).
 """
 
 from __future__ import annotations
