@@ -32,6 +32,13 @@ if ! ls .whl/tensorrt_dispatch_"$cuda"-"$dispatch"-py3-none-any.whl >/dev/null 2
   "$python" -m pip wheel -q --no-deps -w .whl "tensorrt-dispatch-$cuda==$dispatch"
 fi
 
+# The REST transport's aiohttp and what it needs, for the GPU machine's Python 3.12.
+if ! compgen -G ".whl/aiohttp-*cp312*.whl" >/dev/null; then
+  "$python" -m pip download -q -d .whl --only-binary :all: --python-version 3.12 \
+    --implementation cp --abi cp312 --platform manylinux2014_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 "aiohttp>=3.10"
+fi
+
 missing=0
 need() { # GLOB WHAT
   if ! compgen -G "$1" >/dev/null; then
@@ -46,6 +53,9 @@ need ".whl/python_rapidjson-*cp312*.whl" "tritonclient's JSON"
 need ".whl/grpcio_health_checking-*.whl" "server: grpc health"
 need ".whl/grpcio_reflection-*.whl" "server: grpc reflection"
 need ".whl/cryptography-*.whl" "server: plan signatures"
+need ".whl/aiohttp-*cp312*.whl" "server: the REST transport"
+need ".whl/multidict-*cp312*.whl" "aiohttp"
+need ".whl/yarl-*cp312*.whl" "aiohttp"
 need ".whl/cffi-*cp312*.whl" "cryptography"
 need ".whl/pycparser-*.whl" "cffi"
 need ".gpu/dispatch/tensorrt_dispatch_${cuda}_libs-*.whl" "dispatch runtime library"

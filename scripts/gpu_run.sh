@@ -3,7 +3,7 @@
 #
 #   bash scripts/gpu_run.sh unpack   # unpack the staged lean wheel(s) into /tmp/lean/<VERSION>/
 #   bash scripts/gpu_run.sh full     # unpack, install, GPU tests, benchmarks; results in $OUT
-#   bash scripts/gpu_run.sh shm      # unpack, install, the shared-memory benchmark alone
+#   bash scripts/gpu_run.sh shm [ARGS]  # unpack, install, the shared-memory benchmark [ARGS]
 #   bash scripts/gpu_run.sh workers [ARGS]  # unpack, install, benchmarks/workers_bench.py [ARGS]
 #   bash scripts/gpu_run.sh tests    # unpack, install, the GPU tests alone (pytest.log)
 #   bash scripts/gpu_run.sh multi    # the same on a two-GPU host, with the multi-GPU benchmark
@@ -55,8 +55,11 @@ print(f"trtserve sources newer than the wheel, copied over it: {changed} files")
 PY
   # Triton's perf_analyzer (binary, libcudart.so.12, libb64), packed from
   # scripts/install_perf_analyzer.sh's install, for the shared-memory GPU tests.
+  # A call that does not carry it uses the one an earlier call unpacked (/tmp survives).
   if [[ -f .gpu/perf_analyzer/perf_analyzer.tar.gz ]]; then
     rm -rf /tmp/pa && mkdir -p /tmp/pa && tar -C /tmp/pa -xzf .gpu/perf_analyzer/perf_analyzer.tar.gz
+  fi
+  if [[ -x /tmp/pa/perf_analyzer/perf_analyzer ]]; then
     export TRTSERVE_PERF_ANALYZER=/tmp/pa/perf_analyzer/perf_analyzer
   fi
   # NVIDIA ships the `tensorrt_dispatch` import package as a source distribution only; the
@@ -110,8 +113,8 @@ PY
 # run, about 2 minutes. Its log goes to bench.log; its table is printed and appended to $1.
 shm_bench() {
   local append_to=$1
-  timeout 200 python3 benchmarks/shm_bench.py --runtimes-dir "$LEAN" --plans .gpu/plans \
-    --duration-s 3 --warmup-s 1 --out "$OUT/shm_bench.json" 2>&1 | tee -a "$OUT/bench.log"
+  timeout 300 python3 benchmarks/shm_bench.py --runtimes-dir "$LEAN" --plans .gpu/plans \
+    --duration-s 3 --warmup-s 1 --out "$OUT/shm_bench.json" "${@:2}" 2>&1 | tee -a "$OUT/bench.log"
   local rc=${PIPESTATUS[0]}
   if [[ -f $OUT/shm_bench.md ]]; then
     { echo; cat "$OUT/shm_bench.md"; } >>"$append_to"
@@ -148,7 +151,7 @@ shm)
   install || exit 1
   environment
   : >"$OUT/bench.log"
-  shm_bench "$OUT/shm_bench_table.md"
+  shm_bench "$OUT/shm_bench_table.md" "${@:2}"
   shm_rc=$?
   echo "shared-memory benchmark (exit $shm_rc):"
   cat "$OUT/shm_bench_table.md" 2>/dev/null || tail -20 "$OUT/bench.log"

@@ -10,6 +10,7 @@ Skipped without a GPU, the plans or lean runtime 11.0.0.114 (see test_server_gpu
 from __future__ import annotations
 
 import csv
+import json
 import multiprocessing
 import os
 import re
@@ -25,6 +26,7 @@ import pytest
 # Skips this module too where the GPU requirements are missing (a module-level skip).
 import test_server_gpu as base
 from plan_fixtures import OUTPUT_SHAPE, PLAN_NAME, direct_run, plans_dir, seeded_input
+from rest_calls import call
 from server_process import ServerProcess
 
 from trtserve.server.runtime.lean_store import ENV_RUNTIMES_DIR
@@ -146,9 +148,10 @@ def test_bytes_moved_by_reference_are_counted(
     assert after[1] - before[1] == 2 * int(np.prod(OUTPUT_SHAPE)) * 4
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
 @pytest.mark.parametrize("kind", ["system", "cuda"])
 def test_perf_analyzer_runs_unchanged_with_shared_memory(
-    shm_server: ServerProcess, shm_model: str, kind: str, tmp_path: Path
+    shm_server: ServerProcess, shm_model: str, kind: str, tmp_path: Path, protocol: str
 ) -> None:
     binary = os.environ.get("TRTSERVE_PERF_ANALYZER")
     if not binary:
@@ -157,7 +160,8 @@ def test_perf_analyzer_runs_unchanged_with_shared_memory(
     done = subprocess.run(
         [
             binary,
-            *("-m", shm_model, "-i", "grpc", "-u", shm_server.address),
+            *("-m", shm_model, "-i", protocol),
+            *("-u", shm_server.address if protocol == "grpc" else shm_server.http_address),
             *("--shared-memory", kind),
             # Room for the 3.2 MB output (perf_analyzer's default is 100 KB per output).
             *("--output-shared-memory-size", str(int(np.prod(OUTPUT_SHAPE)) * 4)),
@@ -170,10 +174,41 @@ def test_perf_analyzer_runs_unchanged_with_shared_memory(
     )
     assert done.returncode == 0, done.stdout + done.stderr
     rows = list(csv.DictReader(report.open()))
-    assert [row["Concurrency"] for row in rows] == ["1", "8"], rows
+    assert sorted(row["Concurrency"] for row in rows) == ["1", "8"], rows
     for row in rows:
         print(
-            f"perf_analyzer --shared-memory {kind} c={row['Concurrency']}: "
+            f"perf_analyzer -i {protocol} --shared-memory {kind} c={row['Concurrency']}: "
             f"{float(row['Inferences/Second']):.0f} infer/s, p99 {row['p99 latency']} us"
         )
         assert float(row["Inferences/Second"]) > 0
+
+
+def test_rest_binary_tensors_equal_the_direct_run_bit_for_bit(
+    shm_server: ServerProcess, shm_model: str, x: np.ndarray, expected: np.ndarray
+) -> None:
+    """The plan over REST, input and output as binary tensor data (tritonclient.http's way)."""
+    document = {
+        "inputs": [
+            {
+                "name": "x",
+                "datatype": "FP32",
+                "shape": list(x.shape),
+                "parameters": {"binary_data_size": x.nbytes},
+            }
+        ],
+        "outputs": [{"name": "output0", "parameters": {"binary_data": True}}],
+    }
+    text = json.dumps(document).encode()
+    answer = call(
+        shm_server.http_address,
+        "POST",
+        f"/v2/models/{shm_model}/infer",
+        text + x.tobytes(),
+        {"Inference-Header-Content-Length": str(len(text))},
+    )
+    assert answer.status == 200, answer.body[:500]
+    length = int(answer.headers["inference-header-content-length"])
+    [output] = json.loads(answer.body[:length])["outputs"]
+    assert output["shape"] == list(expected.shape)
+    y = np.frombuffer(answer.body[length:], np.float32).reshape(expected.shape)
+    np.testing.assert_array_equal(y, expected)
