@@ -718,6 +718,8 @@ def make_profiler(out_dir: Path) -> Callable[[ServerUnderTest, float], None] | N
         out_dir.mkdir(parents=True, exist_ok=True)
         raw = out_dir / "shm_bench_server.stacks.txt"
         command = [py_spy, "record", "--pid", str(server.pid), "--threads", "--format", "raw"]
+        # Under --workers the pid is the supervisor's: its workers are its subprocesses.
+        command += ["--subprocesses"]
         command += [
             "--duration",
             str(max(1, round(seconds))),
@@ -808,7 +810,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"Client: tritonclient {report['client_mode']} in up to {report['client_procs']} "
         f"process(es), concurrency split across them; {report['warmup_s']} s warm-up, "
         f"{report['duration_s']} s window per cell. Machine: {report['machine']}. "
-        f"trtserve worker processes: {report.get('workers', 1)}.",
+        f"trtserve worker processes: {report.get('workers', 1)}; serve arguments: "
+        f"{' '.join(report.get('serve_args', [])) or 'none'}.",
         "",
         "| path | c | req/s | p50 ms | p99 ms | errors | server CPU µs/req (loop) "
         "| client CPU µs/req | busiest client proc, cores |",
@@ -925,6 +928,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=1, help="trtserve's worker processes (serve --workers)"
     )
+    parser.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more `trtserve serve` argument, e.g. --serve-arg=--gpu-wait=block (repeat)",
+    )
     parser.add_argument("--child", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -942,6 +952,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "warmup_s": args.warmup_s,
         "client_procs": args.client_procs,
         "workers": args.workers,
+        "serve_args": args.serve_arg,
         "concurrency": list(CONCURRENCY),
         "notes": [],
         "checks": {},
@@ -953,6 +964,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.cpu and (args.runtimes_dir is None or args.plans is None):
         parser.error("--runtimes-dir and --plans are required on a GPU (or --cpu)")
     workers = ["--workers", str(args.workers)] if args.workers > 1 else []
+    workers += args.serve_arg
     work = Path(tempfile.mkdtemp(prefix="trtserve-shm-bench-"))
     cells: list[Cell] = []
     servers: list[ServerUnderTest] = []

@@ -285,7 +285,7 @@ def _load_parameter(load: pb.RepositoryModelLoadRequest, key: str, value: Any) -
         load.parameters[key].string_param = value
         return
     try:
-        load.parameters[key].bytes_param = base64.b64decode(value, validate=True)
+        load.parameters[key].bytes_param = _base64(value)
     except binascii.Error as error:
         raise InvalidArgument(
             f"parameter '{key}': expected the file's contents in base64, received text that "
@@ -310,6 +310,12 @@ def _raw_handle(body: dict[str, Any], where: str) -> bytes:
             f"received {handle!r}"
         )
     try:
-        return base64.b64decode(encoded, validate=True)
+        return _base64(encoded)
     except binascii.Error as error:
         raise InvalidArgument(f"{where}: raw_handle: 'b64': not base64: {error}") from None
+
+
+def _base64(text: str) -> bytes:
+    """Base64 as Triton's clients write it: the C++ client's libb64 breaks lines every 72
+    characters, which Triton's decoder skips; anything else that is not base64 is refused."""
+    return base64.b64decode("".join(text.split()), validate=True)
