@@ -50,6 +50,7 @@ from trtserve.server.runtime.cuda_device import cuda_device_count
 from trtserve.server.settings import LOOPBACK_HOSTS, ServerSettings
 from trtserve.server.tls import server_credentials, server_ssl_context
 from trtserve.server.transport import (
+    ConnectionLimit,
     bind_grpc,
     connection_limit,
     listen_http,
@@ -292,11 +293,14 @@ async def build_server(
         region_changes,
         worker,
     )
-    server = _grpc_server(settings, plane, health_servicer, policy)
+    connections = connection_limit(settings)
+    server = _grpc_server(settings, plane, health_servicer, policy, connections)
     rest = None
     if settings.http_port >= 0:
         max_body = settings.max_message_mb * 1024 * 1024
-        rest = RestServer(plane, policy, max_body, settings.grace_period_s)
+        rest = RestServer(
+            plane, policy, max_body, settings.grace_period_s, connections.max_connections
+        )
     return ServerParts(
         settings,
         server,
@@ -366,11 +370,11 @@ def _grpc_server(
     plane: DataPlane,
     health_servicer: GuardedHealthServicer,
     policy: AccessPolicy,
+    connections: ConnectionLimit,
 ) -> grpc.aio.Server:
     """The gRPC server with every service registered, its port not bound yet."""
-    connections = connection_limit(settings)
     log.info(
-        "accepting up to %d gRPC connections (open-file limit %d)",
+        "accepting up to %d gRPC connections, and as many HTTP ones (open-file limit %d)",
         connections.max_connections,
         connections.fd_limit,
     )

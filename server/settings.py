@@ -53,7 +53,8 @@ class ServerSettings:
     max_connections: int | None = field(
         default=None,
         metadata={
-            "help": "most TCP connections the gRPC port holds at once, more are closed as they "
+            "help": "most TCP connections the gRPC port, and the HTTP port, each hold at once, "
+            "more are closed as they "
             "arrive; default: the open-file limit (raised to its hard limit at start) less 256 "
             "kept for model files, or half of it when that is lower"
         },

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import socket
 import ssl
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -31,11 +32,18 @@ class RestServer:
     """The v2 REST endpoints on one listening socket."""
 
     def __init__(
-        self, plane: DataPlane, policy: AccessPolicy, max_body_bytes: int, grace_s: float
+        self,
+        plane: DataPlane,
+        policy: AccessPolicy,
+        max_body_bytes: int,
+        grace_s: float,
+        max_connections: int,
     ) -> None:
-        """`grace_s`: how long `stop` lets requests in progress finish."""
+        """`grace_s`: how long `stop` lets requests in progress finish; `max_connections`:
+        connections held at once, more are closed as they arrive (as on the gRPC port)."""
         self._app = _application(plane, policy, max_body_bytes)
         self._grace_s = grace_s
+        self._max_connections = max_connections
         self._runner: web.AppRunner | None = None
 
     async def start(self, listener: socket.socket, ssl_context: ssl.SSLContext | None) -> int:
@@ -44,6 +52,7 @@ class RestServer:
             self._app, access_log=None, handle_signals=False, shutdown_timeout=self._grace_s
         )
         await self._runner.setup()
+        _cap_connections(self._runner.server, self._max_connections)
         await web.SockSite(self._runner, listener, ssl_context=ssl_context).start()
         return int(listener.getsockname()[1])
 
@@ -52,6 +61,26 @@ class RestServer:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+
+
+def _cap_connections(server: web.Server | None, limit: int) -> None:
+    """Close each connection that arrives while `limit` are open, before it is read.
+
+    Every connection holds a file descriptor: a flood of idle ones must not leave none for
+    model files or for clients already connected. aiohttp has no such setting; its server
+    records each connection through `connection_made`, which is where it is counted.
+    """
+    assert server is not None, "the runner is set up"
+    admit = server.connection_made
+
+    def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+        if len(server.connections) >= limit:
+            log.warning("HTTP connection refused: %d connections open (max_connections)", limit)
+            transport.abort()
+            return
+        admit(handler, transport)
+
+    server.connection_made = connection_made  # type: ignore[method-assign]
 
 
 def _application(plane: DataPlane, policy: AccessPolicy, max_body_bytes: int) -> web.Application:

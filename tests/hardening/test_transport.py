@@ -158,6 +158,35 @@ def test_idle_connections_beyond_the_fd_limit_leave_room_for_loads_and_clients(
         assert process.terminate() == 0
 
 
+def http_ready(address: str) -> bool:
+    """Whether a new HTTP connection is answered ready (False: closed while the cap is full)."""
+    try:
+        return call(address, "GET", "/v2/health/ready").status == 200
+    except OSError:
+        return False
+
+
+def test_http_connections_over_the_cap_are_closed_as_they_arrive(tmp_path: Path) -> None:
+    repository = tmp_path / "repository"
+    write_model(repository, "add", 1, add_constant_model(1.0))
+    process = start(repository, "--max-connections", "5", "--http-port", "0")
+    idle: list[socket.socket] = []
+    try:
+        idle = idle_connections(process.http_port, 8)
+        wait_for(lambda: sum(map(closed_by_server, idle)) >= 3, "connections cut", TIMEOUT_S)
+        assert sum(map(closed_by_server, idle)) == 3, "the first five stay open"
+        refused = "HTTP connection refused: 5 connections open"
+        assert any(refused in line for line in process.output)
+        for sock in idle:
+            sock.close()
+        # Room again once the server has seen the idle ones go.
+        wait_for(lambda: http_ready(process.http_address), "a fresh HTTP request", TIMEOUT_S)
+    finally:
+        for sock in idle:
+            sock.close()
+        assert process.terminate() == 0
+
+
 # --- keepalive ------------------------------------------------------------------------------
 
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
