@@ -6,6 +6,7 @@ a BYTES model returns its input), and what a load sends lands in the repository.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,8 +153,6 @@ def test_async_infer(client: httpclient.InferenceServerClient) -> None:
 
 
 def test_aio_client(served: ServerProcess) -> None:
-    import asyncio
-
     async def main() -> None:
         async with aiohttpclient.InferenceServerClient(served.http_address) as client:
             assert await client.is_server_ready()
