@@ -56,7 +56,7 @@ class ServerSettings:
             "help": "most TCP connections the gRPC port, and the HTTP port, each hold at once, "
             "more are closed as they "
             "arrive; default: the open-file limit (raised to its hard limit at start) less 256 "
-            "kept for model files, or half of it when that is lower"
+            "kept for model files, or half of it when that is lower, split between the two ports"
         },
     )
     handshake_timeout_s: float = field(

@@ -35,6 +35,10 @@ MIN_CLIENT_PING_INTERVAL_MS = 10_000
 
 # Connections the kernel queues for the HTTP port before the server accepts them.
 HTTP_BACKLOG = 1024
+# An HTTP connection idle this long, before its first request or between two, is closed:
+# nginx's default, long enough for clients' pooled connections, where aiohttp's own (3630 s)
+# would let silent connections hold the connection cap for an hour.
+HTTP_IDLE_TIMEOUT_S = 75.0
 
 
 class PortInUse(RuntimeError):
@@ -62,16 +66,20 @@ def raise_fd_limit() -> int:
 
 
 def connection_limit(settings: ServerSettings) -> ConnectionLimit:
-    """The cap on gRPC connections: the setting, or the fd limit less a reserve."""
+    """The cap on each port's connections: the setting, or the fd limit less a reserve, shared
+    by the ports that take connections (gRPC, and HTTP unless it is off)."""
     fd_limit = raise_fd_limit()
-    derived = max(fd_limit - FD_RESERVE, fd_limit // 2)
+    ports = 2 if settings.http_port >= 0 else 1
+    derived = max(fd_limit - FD_RESERVE, fd_limit // 2) // ports
     if settings.max_connections is None:
         return ConnectionLimit(derived, fd_limit)
     if settings.max_connections > derived:
         log.warning(
-            "max_connections %d leaves fewer than %d of the %d file descriptors for model files",
+            "max_connections %d on %d ports leaves fewer than %d of the %d file descriptors "
+            "for model files",
             settings.max_connections,
-            fd_limit - derived,
+            ports,
+            fd_limit - derived * ports,
             fd_limit,
         )
     return ConnectionLimit(settings.max_connections, fd_limit)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
+import functools
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,7 +27,7 @@ from trtserve.server.models.serving_model import ServingModel
 from trtserve.server.repository.repository import check_model_name
 from trtserve.server.rest.infer_json import HEADER_LENGTH, RestInferRequest, read_request
 from trtserve.server.rest.infer_json import response_document as infer_document
-from trtserve.server.rest.json_messages import as_json, field_of, read_object
+from trtserve.server.rest.json_messages import UINT64_MAX, as_json, field_of, read_object
 from trtserve.server.rest.status import error_response
 from trtserve.server.runtime.tensor_buffers import PlacedOutput
 from trtserve.server.scheduler.request import InferenceResponse
@@ -142,7 +142,7 @@ class RestHandlers:
     # --- repository ----------------------------------------------------------------------------
 
     async def index(self, request: web.Request) -> web.Response:
-        body = read_object(await request.read(), "repository index request")
+        body = await _read_json(request, "repository index request")
         ready = field_of(body, "ready", bool, "repository index request: ", False)
         reply = await messages.repository_index(self._plane, ready)
         # Triton leaves out an empty version and an empty reason.
@@ -154,7 +154,7 @@ class RestHandlers:
 
     async def load(self, request: web.Request) -> web.Response:
         name = check_model_name(request.match_info["model"])
-        body = read_object(await request.read(), f"load of model '{name}'")
+        body = await _read_json(request, f"load of model '{name}'")
         load = pb.RepositoryModelLoadRequest(model_name=name)
         for key, value in field_of(body, "parameters", dict, "", {}).items():
             _load_parameter(load, key, value)
@@ -163,7 +163,7 @@ class RestHandlers:
         return web.Response(status=200)
 
     async def unload(self, request: web.Request) -> web.Response:
-        body = read_object(await request.read(), "unload request")
+        body = await _read_json(request, "unload request")
         parameters = field_of(body, "parameters", dict, "", {})
         field_of(parameters, "unload_dependents", bool, "parameters: ")  # no dependents here
         await self._plane.unload(request.match_info["model"])
@@ -187,13 +187,13 @@ class RestHandlers:
         async def register(request: web.Request) -> web.Response:
             name = request.match_info["region"]
             where = f"register of {kind.value} region '{name}'"
-            body = read_object(await request.read(), where)
+            body = await _read_json(request, where)
             byte_size = _required_int(body, "byte_size", where)
             if kind is RegionKind.SYSTEM:
                 key = field_of(body, "key", str, f"{where}: ")
                 if key is None:
                     raise InvalidArgument(f"{where}: 'key': expected a string, received none")
-                offset = field_of(body, "offset", int, f"{where}: ", 0)
+                offset = _non_negative(body, "offset", where, 0) or 0
                 await self._plane.register_system_region(name, key, offset, byte_size)
             else:
                 handle = _raw_handle(body, where)
@@ -216,11 +216,14 @@ class RestHandlers:
         name, version = _model_of(request)
         body = await request.read()
         header_length = request.headers.get(HEADER_LENGTH)
-        if len(body) > OFF_LOOP_JSON_BYTES and header_length is None:
-            rest = await asyncio.to_thread(read_request, body, header_length, name, version)
-        else:
-            rest = read_request(body, header_length, name, version)
         limits = self._plane.limits
+        json_bytes = len(body) if header_length is None else _int_or(header_length, len(body))
+        read = functools.partial(
+            read_request, body, header_length, name, version, limits.max_tensor_elements
+        )
+        # A large JSON part parses for a while: not on the loop gRPC shares (the parser still
+        # holds the interpreter lock, so send big tensors as binary data).
+        rest = await asyncio.to_thread(read) if json_bytes > OFF_LOOP_JSON_BYTES else read()
 
         def prepare(model: ServingModel) -> CheckedRequest:
             return check_request(rest.message, model, None, limits, rest.raw)
@@ -262,6 +265,21 @@ def _json_elements(request: RestInferRequest, outputs: list[ResponseOutput]) -> 
     )
 
 
+async def _read_json(request: web.Request, what: str) -> dict[str, Any]:
+    """The body, one JSON object; parsed off the loop when it is large (a load's files)."""
+    body = await request.read()
+    if len(body) > OFF_LOOP_JSON_BYTES:
+        return await asyncio.to_thread(read_object, body, what)
+    return read_object(body, what)
+
+
+def _int_or(text: str, default: int) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return default
+
+
 def _model_of(request: web.Request) -> tuple[str, str]:
     """The model name and version ("" for none) of a /v2/models/... path."""
     return request.match_info.get("model", ""), request.match_info.get("version", "")
@@ -286,7 +304,7 @@ def _load_parameter(load: pb.RepositoryModelLoadRequest, key: str, value: Any) -
         return
     try:
         load.parameters[key].bytes_param = _base64(value)
-    except binascii.Error as error:
+    except ValueError as error:  # binascii.Error, or text that is not ASCII
         raise InvalidArgument(
             f"parameter '{key}': expected the file's contents in base64, received text that "
             f"is not: {error}"
@@ -294,10 +312,20 @@ def _load_parameter(load: pb.RepositoryModelLoadRequest, key: str, value: Any) -
 
 
 def _required_int(body: dict[str, Any], name: str, where: str) -> int:
-    value = field_of(body, name, int, f"{where}: ")
+    value = _non_negative(body, name, where, None)
     if value is None:
         raise InvalidArgument(f"{where}: '{name}': expected an integer, received none")
-    return int(value)
+    return value
+
+
+def _non_negative(body: dict[str, Any], name: str, where: str, default: int | None) -> int | None:
+    """`body[name]`, an integer from 0 to 2**64 - 1 (a uint64 of the gRPC message)."""
+    value = field_of(body, name, int, f"{where}: ", default)
+    if value is not None and not 0 <= value <= UINT64_MAX:
+        raise InvalidArgument(
+            f"{where}: '{name}': expected an integer from 0 to {UINT64_MAX}, received {value}"
+        )
+    return None if value is None else int(value)
 
 
 def _raw_handle(body: dict[str, Any], where: str) -> bytes:
@@ -311,7 +339,7 @@ def _raw_handle(body: dict[str, Any], where: str) -> bytes:
         )
     try:
         return _base64(encoded)
-    except binascii.Error as error:
+    except ValueError as error:  # binascii.Error, or text that is not ASCII
         raise InvalidArgument(f"{where}: raw_handle: 'b64': not base64: {error}") from None
 
 

@@ -24,6 +24,7 @@ from trtserve.server.api.auth import AccessPolicy, Caller
 from trtserve.server.dataplane.dataplane import DataPlane
 from trtserve.server.rest.handlers import Handler, RestHandlers, Route
 from trtserve.server.rest.status import error_response, response_for
+from trtserve.server.transport import HTTP_IDLE_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,11 @@ class RestServer:
     async def start(self, listener: socket.socket, ssl_context: ssl.SSLContext | None) -> int:
         """Serve on `listener` (bound and listening); the port it is bound to."""
         self._runner = web.AppRunner(
-            self._app, access_log=None, handle_signals=False, shutdown_timeout=self._grace_s
+            self._app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self._grace_s,
+            keepalive_timeout=HTTP_IDLE_TIMEOUT_S,
         )
         await self._runner.setup()
         _cap_connections(self._runner.server, self._max_connections)
@@ -126,6 +131,19 @@ def _answer_errors(max_body_bytes: int) -> Middleware:
         try:
             return await handler(request)
         except asyncio.CancelledError:
+            raise
+        except UnicodeEncodeError as error:
+            # JSON may escape a lone UTF-16 surrogate ("\\ud800"), which is no character.
+            found = error.object[error.start : error.end]
+            return error_response(
+                400,
+                f"{request.method} {request.path}: a JSON string holds {found!r}, which is not "
+                "text (a lone UTF-16 surrogate)",
+            )
+        except web.RequestPayloadError as error:
+            return error_response(400, f"request body: could not be read: {error}")
+        except ConnectionResetError:
+            log.debug("%s %s: the client went away mid-request", request.method, request.path)
             raise
         except web.HTTPRequestEntityTooLarge:
             return error_response(

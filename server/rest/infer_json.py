@@ -19,7 +19,15 @@ from trtserve.protocol import datatypes, tensors
 from trtserve.protocol import grpc_service_pb2 as pb
 from trtserve.server.dataplane.tensor_references import REGION
 from trtserve.server.errors import InvalidArgument
-from trtserve.server.rest.json_messages import field_of, json_kind, read_object
+from trtserve.server.limits import check_tensor_elements
+from trtserve.server.rest.json_messages import (
+    INT64_MAX,
+    INT64_MIN,
+    UINT64_MAX,
+    field_of,
+    json_kind,
+    read_object,
+)
 from trtserve.server.runtime.tensor_buffers import PlacedOutput
 from trtserve.server.v2.codec import ResponseOutput
 
@@ -72,9 +80,17 @@ def split_body(body: bytes, header_length: str | None) -> tuple[memoryview, memo
 
 
 def read_request(
-    body: bytes, header_length: str | None, model_name: str, model_version: str
+    body: bytes,
+    header_length: str | None,
+    model_name: str,
+    model_version: str,
+    max_elements: int,
 ) -> RestInferRequest:
-    """The request of a REST infer call to `model_name` (`model_version`: "" for any)."""
+    """The request of a REST infer call to `model_name` (`model_version`: "" for any).
+
+    JSON `data` is converted only for a shape within `max_elements` (max_tensor_elements), and
+    only as many elements as the shape holds, so a request over the limits costs no more.
+    """
     text, binary = split_body(body, header_length)
     document = read_object(text, "infer request")
     message = pb.ModelInferRequest(model_name=model_name, model_version=model_version)
@@ -84,7 +100,7 @@ def read_request(
     inputs = field_of(document, "inputs", list, "", None)
     if inputs is None:
         raise InvalidArgument("infer request: 'inputs': expected an array, received none")
-    raw = _inputs(message, inputs, binary)
+    raw = _inputs(message, inputs, binary, max_elements)
     request = RestInferRequest(message, raw)
     default = parameters.get(BINARY_DATA_OUTPUT, False)
     if not isinstance(default, bool):
@@ -99,7 +115,7 @@ def read_request(
 
 
 def _inputs(
-    message: pb.ModelInferRequest, entries: Sequence[Any], binary: memoryview
+    message: pb.ModelInferRequest, entries: Sequence[Any], binary: memoryview, max_elements: int
 ) -> list[bytes | memoryview]:
     raw: list[bytes | memoryview] = []
     cursor = 0
@@ -113,9 +129,12 @@ def _inputs(
         where = f"input '{name}': "
         datatype = _required(entry, "datatype", str, where)
         shape = _required(entry, "shape", list, where)
-        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        if not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= INT64_MAX for d in shape
+        ):
             raise InvalidArgument(
-                f"{where}'shape': expected an array of non-negative integers, received {shape}"
+                f"{where}'shape': expected an array of integers from 0 to {INT64_MAX}, "
+                f"received {shape}"
             )
         tensor = message.inputs.add(name=name, datatype=datatype, shape=shape)
         parameters = dict(field_of(entry, "parameters", dict, where, {}))
@@ -148,6 +167,7 @@ def _inputs(
             raw.append(binary[cursor : cursor + size])
             cursor += size
         elif has_data:
+            check_tensor_elements(message.model_name, name, shape, max_elements)
             raw.append(json_data(name, datatype, shape, entry["data"]))
         else:
             raise InvalidArgument(
@@ -204,8 +224,15 @@ def _parameters(target: Any, parameters: dict[str, Any], where: str) -> None:
         param = target[key]
         if isinstance(value, bool):
             param.bool_param = value
-        elif isinstance(value, int):
+        elif isinstance(value, int) and INT64_MIN <= value <= INT64_MAX:
             param.int64_param = value
+        elif isinstance(value, int) and INT64_MAX < value <= UINT64_MAX:
+            param.uint64_param = value
+        elif isinstance(value, int):
+            raise InvalidArgument(
+                f"{where}'{key}': expected an integer from {INT64_MIN} to {UINT64_MAX}, "
+                f"received {value}"
+            )
         elif isinstance(value, float):
             param.double_param = value
         elif isinstance(value, str):
@@ -228,22 +255,26 @@ def json_data(name: str, datatype: str, shape: Sequence[int], data: Any) -> byte
     if not isinstance(data, list):
         data = [data]
     if kind.name == "BYTES":
-        elements = _flat_strings(where, data)
+        elements = _flat_strings(where, data, expected)
         array = np.array(elements, dtype=object)
     else:
         array = _numbers(where, kind, data)
     if array.size != expected:
+        received = "more" if array.size > expected and kind.name == "BYTES" else array.size
         raise InvalidArgument(
-            f"{where}: expected {expected} elements (shape {list(shape)}), received {array.size}"
+            f"{where}: expected {expected} elements (shape {list(shape)}), received {received}"
         )
     return tensors.to_raw(array, kind)
 
 
-def _flat_strings(where: str, data: list[Any]) -> list[bytes]:
+def _flat_strings(where: str, data: list[Any], expected: int) -> list[bytes]:
+    """The strings of nested lists, in order; stops one past `expected` (a count mismatch)."""
     elements: list[bytes] = []
     pending = [iter(data)]
-    while pending:
+    while pending and len(elements) <= expected:
         for item in pending[-1]:
+            if len(elements) > expected:
+                break
             if isinstance(item, list):
                 pending.append(iter(item))
                 break
@@ -251,7 +282,7 @@ def _flat_strings(where: str, data: list[Any]) -> list[bytes]:
                 raise InvalidArgument(
                     f"{where}: expected strings for BYTES, received a JSON {json_kind(item)}"
                 )
-            elements.append(item.encode("utf-8"))
+            elements.append(item.encode("utf-8", "surrogatepass"))
         else:
             pending.pop()
     return elements

@@ -74,9 +74,17 @@ def read_object(data: bytes | memoryview, what: str) -> dict[str, Any]:
         raise InvalidArgument(
             f"{what}: expected a JSON object, received invalid JSON: {error}"
         ) from None
+    except RecursionError:
+        raise InvalidArgument(
+            f"{what}: expected a JSON object, received one nested deeper than Python can read"
+        ) from None
     if not isinstance(body, dict):
         raise InvalidArgument(f"{what}: expected a JSON object, received a JSON {json_kind(body)}")
     return body
+
+
+# The range of a protobuf int64 and of a uint64 (a JSON integer may be any size).
+INT64_MIN, INT64_MAX, UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 
 
 def json_kind(value: object) -> str:

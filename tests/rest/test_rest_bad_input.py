@@ -314,3 +314,72 @@ def test_other_endpoints_refuse_naming_what(
     assert answer.status == status, (answer.status, answer.body)
     for word in words:
         assert word in answer.error, (word, answer.error)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "words"),
+    [
+        # Integers past protobuf's 64 bits.
+        (
+            f"/v2/models/{MODEL}/infer",
+            b'{"inputs": [], "parameters": {"x": 18446744073709551616}}',
+            ("'x'", "18446744073709551615", "received 18446744073709551616"),
+        ),
+        (
+            f"/v2/models/{MODEL}/infer",
+            b'{"inputs": [{"name": "INPUT0", "datatype": "FP32", '
+            b'"shape": [9223372036854775808], "data": [1]}]}',
+            ("INPUT0", "'shape'", "9223372036854775807"),
+        ),
+        # A lone UTF-16 surrogate is valid JSON but no text.
+        (f"/v2/models/{MODEL}/infer", b'{"id": "\\ud800", "inputs": []}', ("not text",)),
+        (
+            "/v2/repository/models/m/load",
+            b'{"parameters": {"config": "{\\"name\\": \\"\\ud800\\"}"}}',
+            ("not text",),
+        ),
+        # Nested deeper than the parser goes.
+        (f"/v2/models/{MODEL}/infer", b"[" * 100_000 + b"]" * 100_000, ("nested deeper",)),
+        ("/v2/repository/index", b"[" * 100_000 + b"]" * 100_000, ("nested deeper",)),
+        # base64 that is not ASCII, offsets below zero.
+        (
+            "/v2/repository/models/m/load",
+            '{"parameters": {"config": "{}", "file:1/model.onnx": "\u00e9"}}'.encode(),
+            ("file:1/model.onnx", "base64"),
+        ),
+        (
+            "/v2/cudasharedmemory/region/c/register",
+            '{"raw_handle": {"b64": "\u00e9"}, "device_id": 0, "byte_size": 8}'.encode(),
+            ("raw_handle", "base64"),
+        ),
+        (
+            "/v2/systemsharedmemory/region/r/register",
+            b'{"key": "/x", "byte_size": 16, "offset": -5}',
+            ("'offset'", "from 0", "received -5"),
+        ),
+    ],
+)
+def test_hostile_bodies_are_refused_not_internal_errors(
+    server: ServerProcess, path: str, body: bytes, words: tuple[str, ...]
+) -> None:
+    answer = call(server.http_address, "POST", path, body)
+    assert answer.status == 400, answer.body[:300]
+    for word in words:
+        assert word in answer.error, (word, answer.error)
+    assert_serves(server.http_address)
+
+
+def test_a_body_that_does_not_decompress_is_refused(server: ServerProcess) -> None:
+    headers = {"Content-Encoding": "gzip"}
+    answer = call(server.http_address, "POST", f"/v2/models/{MODEL}/infer", b"not gzip", headers)
+    assert answer.status == 400, answer.body
+    assert "could not be read" in answer.error, answer.error
+
+
+def test_json_data_over_the_element_limit_is_refused_before_it_is_converted(
+    server: ServerProcess,
+) -> None:
+    body = {"inputs": [{"name": "INPUT0", "datatype": "BYTES", "shape": [1], "data": ["ab"] * 5}]}
+    answer = call(server.http_address, "POST", f"/v2/models/{MODEL}/infer", body)
+    assert answer.status == 400
+    assert "expected 1 elements (shape [1]), received more" in answer.error, answer.error
