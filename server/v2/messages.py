@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+
 from trtserve.protocol import grpc_service_pb2 as pb
+from trtserve.server.dataplane.cuda_region import CudaRegionStatus
 from trtserve.server.dataplane.dataplane import DataPlane
+from trtserve.server.dataplane.system_region import SystemRegionStatus
 from trtserve.server.errors import InvalidArgument
 from trtserve.server.repository.model_config import config_from_settings
 from trtserve.server.repository.repository import check_relative_path
@@ -61,23 +66,25 @@ async def repository_index(plane: DataPlane, ready_only: bool) -> pb.RepositoryI
 
 def system_regions(plane: DataPlane, name: str) -> pb.SystemSharedMemoryStatusResponse:
     reply = pb.SystemSharedMemoryStatusResponse()
-    for region in plane.system_regions(name):
-        status = reply.regions[region.name]
-        status.name = region.name
-        status.key = region.key
-        status.offset = region.offset
-        status.byte_size = region.byte_size
+    _fill_regions(reply, plane.system_regions(name))
     return reply
 
 
 def cuda_regions(plane: DataPlane, name: str) -> pb.CudaSharedMemoryStatusResponse:
     reply = pb.CudaSharedMemoryStatusResponse()
-    for region in plane.cuda_regions(name):
-        status = reply.regions[region.name]
-        status.name = region.name
-        status.device_id = region.device_id
-        status.byte_size = region.byte_size
+    _fill_regions(reply, plane.cuda_regions(name))
     return reply
+
+
+def _fill_regions(
+    reply: pb.SystemSharedMemoryStatusResponse | pb.CudaSharedMemoryStatusResponse,
+    statuses: Sequence[SystemRegionStatus] | Sequence[CudaRegionStatus],
+) -> None:
+    """Each region's status under its name; the records' fields are the message's."""
+    for status in statuses:
+        entry = reply.regions[status.name]
+        for field in dataclasses.fields(status):
+            setattr(entry, field.name, getattr(status, field.name))
 
 
 def load_parameters(
