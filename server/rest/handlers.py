@@ -25,9 +25,20 @@ from trtserve.server.dataplane.shared_memory import RegionKind
 from trtserve.server.errors import InvalidArgument, Unavailable, Unimplemented
 from trtserve.server.models.serving_model import ServingModel
 from trtserve.server.repository.repository import check_model_name
-from trtserve.server.rest.infer_json import HEADER_LENGTH, RestInferRequest, read_request
+from trtserve.server.rest.infer_json import (
+    HEADER_LENGTH,
+    RestInferRequest,
+    read_request,
+    split_body,
+)
 from trtserve.server.rest.infer_json import response_document as infer_document
-from trtserve.server.rest.json_messages import UINT64_MAX, as_json, field_of, read_object
+from trtserve.server.rest.json_messages import (
+    UINT64_MAX,
+    as_json,
+    field_of,
+    read_object,
+    required_field,
+)
 from trtserve.server.rest.status import error_response
 from trtserve.server.runtime.tensor_buffers import PlacedOutput
 from trtserve.server.scheduler.request import InferenceResponse
@@ -127,7 +138,7 @@ class RestHandlers:
             self._plane.model(name, version)
         except Unavailable as error:
             return error_response(400, str(error))
-        if not self._plane.model_ready(name, version):
+        if self._plane.state.draining:  # found, but no longer taking requests
             return error_response(400, "server is shutting down")
         return web.Response(status=200)
 
@@ -190,9 +201,7 @@ class RestHandlers:
             body = await _read_json(request, where)
             byte_size = _required_int(body, "byte_size", where)
             if kind is RegionKind.SYSTEM:
-                key = field_of(body, "key", str, f"{where}: ")
-                if key is None:
-                    raise InvalidArgument(f"{where}: 'key': expected a string, received none")
+                key = required_field(body, "key", str, f"{where}: ")
                 offset = _non_negative(body, "offset", where, 0) or 0
                 await self._plane.register_system_region(name, key, offset, byte_size)
             else:
@@ -214,16 +223,14 @@ class RestHandlers:
 
     async def infer(self, request: web.Request) -> web.Response:
         name, version = _model_of(request)
-        body = await request.read()
-        header_length = request.headers.get(HEADER_LENGTH)
+        text, binary = split_body(await request.read(), request.headers.get(HEADER_LENGTH))
         limits = self._plane.limits
-        json_bytes = len(body) if header_length is None else _int_or(header_length, len(body))
         read = functools.partial(
-            read_request, body, header_length, name, version, limits.max_tensor_elements
+            read_request, text, binary, name, version, limits.max_tensor_elements
         )
         # A large JSON part parses for a while: not on the loop gRPC shares (the parser still
         # holds the interpreter lock, so send big tensors as binary data).
-        rest = await asyncio.to_thread(read) if json_bytes > OFF_LOOP_JSON_BYTES else read()
+        rest = await asyncio.to_thread(read) if len(text) > OFF_LOOP_JSON_BYTES else read()
 
         def prepare(model: ServingModel) -> CheckedRequest:
             return check_request(rest.message, model, None, limits, rest.raw)
@@ -233,18 +240,18 @@ class RestHandlers:
 
         answer = await self._plane.infer(name, version, prepare, encode)
         if _json_elements(rest, answer.outputs) > OFF_LOOP_JSON_BYTES // 8:
-            text, binary = await asyncio.to_thread(
+            reply, parts = await asyncio.to_thread(
                 infer_document, rest, answer.version, answer.outputs
             )
         else:
-            text, binary = infer_document(rest, answer.version, answer.outputs)
-        if not binary:
-            return web.Response(body=text, content_type="application/json")
+            reply, parts = infer_document(rest, answer.version, answer.outputs)
+        if not parts:
+            return web.Response(body=reply, content_type="application/json")
         # Triton's binary tensor data extension: the JSON's length, then the outputs' bytes.
         response = web.Response(
-            body=b"".join([text, *binary]), content_type="application/octet-stream"
+            body=b"".join([reply, *parts]), content_type="application/octet-stream"
         )
-        response.headers[HEADER_LENGTH] = str(len(text))
+        response.headers[HEADER_LENGTH] = str(len(reply))
         return response
 
 
@@ -271,13 +278,6 @@ async def _read_json(request: web.Request, what: str) -> dict[str, Any]:
     if len(body) > OFF_LOOP_JSON_BYTES:
         return await asyncio.to_thread(read_object, body, what)
     return read_object(body, what)
-
-
-def _int_or(text: str, default: int) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        return default
 
 
 def _model_of(request: web.Request) -> tuple[str, str]:
@@ -312,9 +312,9 @@ def _load_parameter(load: pb.RepositoryModelLoadRequest, key: str, value: Any) -
 
 
 def _required_int(body: dict[str, Any], name: str, where: str) -> int:
+    required_field(body, name, int, f"{where}: ")
     value = _non_negative(body, name, where, None)
-    if value is None:
-        raise InvalidArgument(f"{where}: '{name}': expected an integer, received none")
+    assert value is not None
     return value
 
 

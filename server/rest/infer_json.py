@@ -27,6 +27,7 @@ from trtserve.server.rest.json_messages import (
     field_of,
     json_kind,
     read_object,
+    required_field,
 )
 from trtserve.server.runtime.tensor_buffers import PlacedOutput
 from trtserve.server.v2.codec import ResponseOutput
@@ -80,26 +81,24 @@ def split_body(body: bytes, header_length: str | None) -> tuple[memoryview, memo
 
 
 def read_request(
-    body: bytes,
-    header_length: str | None,
+    text: memoryview,
+    binary: memoryview,
     model_name: str,
     model_version: str,
     max_elements: int,
 ) -> RestInferRequest:
-    """The request of a REST infer call to `model_name` (`model_version`: "" for any).
+    """The request of a REST infer call to `model_name` (`model_version`: "" for any), from
+    the JSON and binary parts of its body (split_body).
 
     JSON `data` is converted only for a shape within `max_elements` (max_tensor_elements), and
     only as many elements as the shape holds, so a request over the limits costs no more.
     """
-    text, binary = split_body(body, header_length)
     document = read_object(text, "infer request")
     message = pb.ModelInferRequest(model_name=model_name, model_version=model_version)
     message.id = field_of(document, "id", str, "", "")
     parameters = field_of(document, "parameters", dict, "", {})
     _parameters(message.parameters, parameters, "request parameters: ")
-    inputs = field_of(document, "inputs", list, "", None)
-    if inputs is None:
-        raise InvalidArgument("infer request: 'inputs': expected an array, received none")
+    inputs = required_field(document, "inputs", list, "infer request: ")
     raw = _inputs(message, inputs, binary, max_elements)
     request = RestInferRequest(message, raw)
     default = parameters.get(BINARY_DATA_OUTPUT, False)
@@ -125,10 +124,10 @@ def _inputs(
             raise InvalidArgument(
                 f"{where}expected a JSON object, received a JSON {json_kind(entry)}"
             )
-        name = _required(entry, "name", str, where)
+        name = required_field(entry, "name", str, where)
         where = f"input '{name}': "
-        datatype = _required(entry, "datatype", str, where)
-        shape = _required(entry, "shape", list, where)
+        datatype = required_field(entry, "datatype", str, where)
+        shape = required_field(entry, "shape", list, where)
         if not all(
             isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= INT64_MAX for d in shape
         ):
@@ -186,7 +185,7 @@ def _output(request: RestInferRequest, entry: Any, index: int) -> None:
     where = f"outputs[{index}]: "
     if not isinstance(entry, dict):
         raise InvalidArgument(f"{where}expected a JSON object, received a JSON {json_kind(entry)}")
-    name = _required(entry, "name", str, where)
+    name = required_field(entry, "name", str, where)
     where = f"requested output '{name}': "
     tensor = request.message.outputs.add(name=name)
     parameters = dict(field_of(entry, "parameters", dict, where, {}))
@@ -205,13 +204,6 @@ def _output(request: RestInferRequest, entry: Any, index: int) -> None:
     if binary is not None:
         request.binary[name] = binary
     _parameters(tensor.parameters, parameters, where + "parameters: ")
-
-
-def _required(entry: dict[str, Any], name: str, kind: type, where: str) -> Any:
-    value = field_of(entry, name, kind, where)
-    if value is None:
-        raise InvalidArgument(f"{where}'{name}': expected a JSON value, received none")
-    return value
 
 
 def _parameters(target: Any, parameters: dict[str, Any], where: str) -> None:

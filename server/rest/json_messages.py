@@ -120,6 +120,16 @@ def field_of(
     return value
 
 
+def required_field(body: dict[str, Any], name: str, kind: type, where: str) -> Any:
+    """`body[name]`, which must be present with JSON type `kind` (see field_of)."""
+    value = field_of(body, name, kind, where)
+    if value is None:
+        raise InvalidArgument(
+            f"{where}'{name}': expected a JSON {_KIND_NAMES[kind]}, received none"
+        )
+    return value
+
+
 _KIND_NAMES = {
     str: "string",
     int: "integer",

@@ -79,7 +79,7 @@ def test_binary_inputs_are_views_of_the_body_in_order() -> None:
         "parameters": {"binary_data_output": True, "priority": 3},
     }
     text = json.dumps(document).encode()
-    request = read_request(text + b"\x01\x02\x03\x04", str(len(text)), "m", "2", 1000)
+    request = read_request(*split_body(text + b"\x01\x02\x03\x04", str(len(text))), "m", "2", 1000)
     assert (request.message.model_name, request.message.model_version) == ("m", "2")
     assert request.message.id == "7"
     assert [bytes(r) for r in request.raw] == [b"\x01\x02\x03", b"\x09\x08", b"\x04"]
@@ -98,7 +98,7 @@ def test_shared_memory_parameters_travel_as_v2_parameters() -> None:
     body = {
         "inputs": [{"name": "a", "datatype": "FP32", "shape": [16], "parameters": parameters}],
     }
-    request = read_request(json.dumps(body).encode(), None, "m", "", 1000)
+    request = read_request(*split_body(json.dumps(body).encode(), None), "m", "", 1000)
     params = request.message.inputs[0].parameters
     assert params["shared_memory_region"].string_param == "r"
     assert params["shared_memory_byte_size"].int64_param == 64
