@@ -1,8 +1,9 @@
 """The metrics' cost per request: µs per record_request + record_execution pair.
 
 Measured in a fresh interpreter per mode, since prometheus-client picks its value store at
-import: `single` (values in memory) and `multiprocess` (PROMETHEUS_MULTIPROC_DIR set, every
-update written to a per-process mmap file, as with `serve --workers N`).
+import: `single` (one process) and `multiprocess` (PROMETHEUS_MULTIPROC_DIR set and the
+request counts kept for a counts file in that folder, as a `serve --workers N` worker keeps
+them; the file is written on a clock, not per request, so it is not in the pair's time).
 
     python benchmarks/metrics_cost.py
 
@@ -23,11 +24,15 @@ MODES = ("single", "multiprocess")
 
 def measure(number: int, repeat: int) -> float:
     """Best µs per pair over `repeat` runs of `number` pairs, in this interpreter."""
+    from pathlib import Path
+
     from prometheus_client import CollectorRegistry
 
     from trtserve.server.metrics import ServerMetrics
 
-    metrics = ServerMetrics(CollectorRegistry()).version("m", "1")
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    server = ServerMetrics(CollectorRegistry(), counts_folder=Path(folder) if folder else None)
+    metrics = server.version("m", "1")
 
     def pair() -> None:
         # A request of batch 4 and its batch (two requests): the shapes a dynamic batcher sees.

@@ -41,7 +41,7 @@ from trtserve.server.dataplane.shared_memory import (
 )
 from trtserve.server.default_model import write_default_repository
 from trtserve.server.limits import RequestLimits
-from trtserve.server.metrics import ServerMetrics, StatisticsSource
+from trtserve.server.metrics import ServerMetrics
 from trtserve.server.model_state import ModelState
 from trtserve.server.models.manager import ModelManager
 from trtserve.server.repository.repository import ModelRepository
@@ -255,19 +255,19 @@ async def build_server(
     *,
     region_changes: RegionChanges | None = None,
     worker: int | None = None,
-    statistics_source: StatisticsSource | None = None,
+    counts_folder: Path | None = None,
 ) -> ServerParts:
     """Everything a server is made of, from its settings; nothing bound, nothing loaded.
 
     `region_changes`: where shared-memory registrations go (default: this process's registry;
     a worker sends them through its supervisor to every worker); `worker`: the process's
-    index among the server's workers; `statistics_source`: where ModelStatistics is read
-    (default: this process's metrics; a worker reads every worker's).
+    index among the server's workers; `counts_folder`: where the workers keep their request
+    counts (metrics and ModelStatistics sum them); None: this process's own.
     """
     # Credentials first: a bad token or certificate file stops the start before any work.
     policy = access_policy(settings)
     credentials = _credentials(settings)
-    metrics = ServerMetrics(registry, statistics_source=statistics_source)
+    metrics = ServerMetrics(registry, counts_folder=counts_folder)
     backends = make_backends(settings, registry)
     await asyncio.to_thread(preload_runtimes, settings, backends)
     repository, temporary_repository = open_repository(settings)

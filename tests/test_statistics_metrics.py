@@ -6,17 +6,19 @@ One process here; tests/hardening/test_statistics_multiprocess.py sums worker pr
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import Metric
 
 from trtserve.server.app import request_limits
+from trtserve.server.counts_files import read_counts
 from trtserve.server.dataplane.dataplane import DataPlane
 from trtserve.server.dataplane.serving_state import ServingState
 from trtserve.server.metrics import (
     BatchStats,
+    CountsCollector,
     Duration,
     ServerMetrics,
     VersionMetrics,
@@ -98,21 +100,55 @@ def test_the_whole_registry_reads_the_same_and_other_families_add_no_versions() 
     assert version_statistics(registry.collect()) == metrics.statistics()
 
 
-def test_statistics_come_from_the_source_given() -> None:
-    elsewhere = CollectorRegistry()
-    record_known(ServerMetrics(elsewhere).version("m", "7"))
-    calls: list[None] = []
+def doubled(stats: VersionStats) -> VersionStats:
+    """`stats` recorded twice (two workers), but for the last inference."""
+    twice = VersionStats(
+        inference_count=2 * stats.inference_count, execution_count=2 * stats.execution_count
+    )
+    for name in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+        one: Duration = getattr(stats, name)
+        setattr(twice, name, Duration(2 * one.count, 2 * one.ns))
+    for size, batch in stats.batches.items():
+        twice.batches[size] = BatchStats(
+            *(
+                Duration(2 * d.count, 2 * d.ns)
+                for d in (batch.compute_input, batch.compute_infer, batch.compute_output)
+            )
+        )
+    return twice
 
-    def source() -> Iterable[Metric]:
-        calls.append(None)
-        return elsewhere.collect()
 
-    metrics = ServerMetrics(CollectorRegistry(), statistics_source=source)
-    metrics.version("m", "1")
-    stats = metrics.statistics()
-    assert calls == [None]
-    assert list(stats) == [("m", "7")]
-    assert without_last_inference(stats["m", "7"]) == KNOWN
+def test_workers_read_the_sum_of_every_workers_counts_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = ServerMetrics(CollectorRegistry(), counts_folder=tmp_path)
+    second = ServerMetrics(CollectorRegistry(), counts_folder=tmp_path)
+    record_known(first.version("m", "1"))
+    record_known(second.version("m", "1"))
+    # The second has not written yet: the first reads its own counts only (written as it reads).
+    assert without_last_inference(first.statistics()["m", "1"]) == KNOWN
+    second.publish_counts()
+    (tmp_path / "counts_1_2.json").write_text('[["trtserve_requests_total", {"model"')
+    summed = first.statistics()["m", "1"]
+    assert without_last_inference(summed) == doubled(KNOWN)
+    assert "skipping the request counts in" in caplog.text
+    # What the supervisor's /metrics shows: the same sums.
+    supervisor = CollectorRegistry()
+    supervisor.register(CountsCollector(lambda: read_counts(tmp_path)))
+    assert without_last_inference(version_statistics(supervisor.collect())["m", "1"]) == (
+        doubled(KNOWN)
+    )
+    labels = {"model": "m", "version": "1", "outcome": "success"}
+    assert supervisor.get_sample_value("trtserve_requests_total", labels) == 4
+
+
+def test_a_worker_keeps_the_counts_of_a_version_it_dropped(tmp_path: Path) -> None:
+    metrics = ServerMetrics(CollectorRegistry(), counts_folder=tmp_path)
+    record_known(metrics.version("m", "1"))
+    metrics.drop_version("m", "1")
+    metrics.version("m", "1").record_request("success", 1_000, None)
+    # Summed over processes, a count must never go backwards: the reloaded version goes on.
+    assert metrics.statistics()["m", "1"].success.count == 3
 
 
 def test_a_dropped_version_leaves_the_statistics() -> None:

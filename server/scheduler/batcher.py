@@ -111,7 +111,7 @@ class ModelScheduler:
         self.config = config
         self._instances = list(instances)
         self._metrics = metrics
-        self._executions = [metrics.instance_executions(str(p.index), p.device) for p in placements]
+        self._instance_keys = [metrics.add_instance(str(p.index), p.device) for p in placements]
         self._queue: deque[_Pending] = deque()
         # The queued requests' batch sizes, summed.
         self._queued_rows = 0
@@ -370,8 +370,7 @@ class ModelScheduler:
             log.exception("model %s: execution failed", self.config.model)
             failure = Internal(f"model '{self.config.model}': execution failed: {error!r}")
             return [(p.future, failure) for p in batch]
-        self._executions[index].inc()
-        self._record(batch, result)
+        self._record(index, batch, result)
         # The backend's own timings (GPU work timed by CUDA events): unlike the clock here,
         # they do not grow while the thread waits for the interpreter lock, so the average
         # says how long an execution would hold the loop. Races between threads only blur it.
@@ -381,7 +380,7 @@ class ModelScheduler:
         self._recent_ns = took if recent == float("inf") else 0.8 * recent + 0.2 * took
         return outcomes
 
-    def _record(self, batch: list[_Pending], result: ExecutionResult) -> None:
+    def _record(self, index: int, batch: list[_Pending], result: ExecutionResult) -> None:
         t = result.timings
         self._metrics.record_execution(
             sum(p.request.batch_size for p in batch),
@@ -389,6 +388,7 @@ class ModelScheduler:
             t.compute_input_ns,
             t.compute_infer_ns,
             t.compute_output_ns,
+            self._instance_keys[index],
         )
 
     def _row_targets(self, requests: list[InferenceRequest]) -> dict[str, list[RowTarget]]:

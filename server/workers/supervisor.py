@@ -25,6 +25,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from trtserve.protocol import cluster_pb2
 from trtserve.server.api.registration import add_service
 from trtserve.server.app import announce_ready, open_repository
+from trtserve.server.counts_files import read_counts
+from trtserve.server.metrics import CountsCollector
 from trtserve.server.repository.transaction import recover_interrupted
 from trtserve.server.settings import ServerSettings
 from trtserve.server.transport import claim_port, start_metrics
@@ -120,4 +122,5 @@ def _start_metrics(settings: ServerSettings, metrics_dir: Path) -> int:
         return -1
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(metrics_dir))
+    registry.register(CountsCollector(lambda: read_counts(metrics_dir)))
     return start_metrics(settings.metrics_bind_host, settings.metrics_port, registry)

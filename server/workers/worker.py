@@ -4,7 +4,8 @@ A worker differs from a lone server in four ways. It loads before it binds, so t
 ever hands connections to a worker that serves. It joins its supervisor and answers ready once
 every starting worker has joined. A client's model or region change goes to the supervisor,
 which applies it to every worker through each one's `WorkerServicer`. Its metrics are written
-to files the supervisor's /metrics sums (prometheus-client's multiprocess mode).
+to files the supervisor's /metrics sums (request counts: counts_files; gauges:
+prometheus-client's multiprocess mode).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 import grpc
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from trtserve.protocol import cluster_pb2
 from trtserve.protocol.allocator import reuse_freed_memory
@@ -39,8 +40,10 @@ from trtserve.server.workers.worker_servicer import (
 
 log = logging.getLogger(__name__)
 
-# How often a worker writes its pending-request gauges for the supervisor's /metrics.
-PENDING_PUBLISH_S = 1.0
+# How often a worker writes its request counts and pending-request gauges for the other
+# workers' ModelStatistics and the supervisor's /metrics: what another worker reads lags by
+# at most this (a worker's own reads are current).
+PUBLISH_S = 0.05
 
 
 def run_worker(settings: ServerSettings, spec: WorkerSpec) -> None:
@@ -60,13 +63,12 @@ async def _serve(settings: ServerSettings, spec: WorkerSpec) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     link = SupervisorLink(spec.supervisor_address)
-    # ModelStatistics sums every worker's metrics files, those of workers gone included.
-    every_worker = MultiProcessCollector(None, path=os.environ[MULTIPROC_ENV])
+    # Metrics and ModelStatistics sum every worker's files, those of workers gone included.
     parts = await build_server(
         settings,
         region_changes=link,
         worker=spec.index,
-        statistics_source=every_worker.collect,
+        counts_folder=Path(os.environ[MULTIPROC_ENV]),
     )
     parts.manager.changes = link
     control = grpc.aio.server()
@@ -82,10 +84,11 @@ async def _serve(settings: ServerSettings, spec: WorkerSpec) -> None:
     await link.join(spec.index, os.getpid(), parts.manager)
     await parts.mark_ready()
     log.info("worker %d serving on port %d", spec.index, grpc_port)
-    publisher = asyncio.create_task(_publish_pending(parts))
+    publisher = asyncio.create_task(_publish(parts))
     await stop.wait()
     publisher.cancel()
     await parts.running(grpc_port, -1, http_port).drain_and_stop()
+    parts.metrics.publish_counts()  # the drained requests' counts too
     await control.stop(None)
     await link.close()
 
@@ -104,9 +107,13 @@ async def _load(parts: ServerParts, join: ClusterState | None) -> None:
     await parts.manager.load_versions(join.models)
 
 
-async def _publish_pending(parts: ServerParts) -> None:
-    # A gauge read through a function is not written to the multiprocess files, so the
-    # pending-request counts are written there on a clock instead.
+async def _publish(parts: ServerParts) -> None:
+    # Request counts are kept in memory and pending-request counts read through a function,
+    # so both are written to the files on a clock; a failed write is retried at the next tick.
     while True:
-        parts.metrics.publish_pending()
-        await asyncio.sleep(PENDING_PUBLISH_S)
+        try:
+            parts.metrics.publish_pending()
+            parts.metrics.publish_counts()
+        except OSError as error:
+            log.warning("could not write the metrics files: %s", error)
+        await asyncio.sleep(PUBLISH_S)

@@ -1,8 +1,9 @@
-"""Statistics summed over worker processes (prometheus-client's multiprocess mode).
+"""Statistics summed over worker processes.
 
-Each worker records into its own files under PROMETHEUS_MULTIPROC_DIR, which must be set before
-prometheus_client is imported: the workers here are fresh interpreters. A worker killed with
-SIGKILL leaves its files, so the sums never go backwards.
+Each worker writes its request counts to a file of its own (counts_files) and its gauges to
+prometheus-client's multiprocess files, both under PROMETHEUS_MULTIPROC_DIR, which must be set
+before prometheus_client is imported: the workers here are fresh interpreters. A worker killed
+with SIGKILL leaves its files, so the sums never go backwards.
 """
 
 from __future__ import annotations
@@ -21,14 +22,22 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from trtserve.server.metrics import Duration, ServerMetrics, VersionStats, version_statistics
+from trtserve.server.counts_files import read_counts
+from trtserve.server.metrics import (
+    CountsCollector,
+    Duration,
+    ServerMetrics,
+    VersionStats,
+    version_statistics,
+)
 from trtserve.server.model_state import ModelState
 
 # A worker: sets states, records its plan for version m/1, says "recorded", then obeys lines on
 # stdin ("drop": drop m/1 and lean runtime 10.0) until it ends. -W error::UserWarning, because
 # prometheus-client warns so when a series is removed in multiprocess mode (the file keeps it).
 WORKER = """
-import json, sys
+import json, os, sys
+from pathlib import Path
 from prometheus_client import CollectorRegistry
 from trtserve.server.metrics import MULTIPROCESS, ServerMetrics
 from trtserve.server.model_state import ModelState
@@ -36,7 +45,8 @@ from trtserve.server.runtime.lean_metrics import LeanRuntimeMetrics
 
 assert MULTIPROCESS, "PROMETHEUS_MULTIPROC_DIR was not set before the import"
 plan = json.loads(sys.argv[1])
-metrics = ServerMetrics(CollectorRegistry())
+folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+metrics = ServerMetrics(CollectorRegistry(), counts_folder=folder)
 lean = LeanRuntimeMetrics()
 lean.loaded.labels("10.0").set(1)
 for version in plan["serves"]:
@@ -48,10 +58,12 @@ for outcome, total_ns, queue_ns, batch_size in plan["requests"]:
     bound.record_request(outcome, total_ns, queue_ns, batch_size)
 for execution in plan["executions"]:
     bound.record_execution(*execution)
+metrics.publish_counts()
 print("recorded", flush=True)
 for line in sys.stdin:
     if line.strip() == "drop":
         metrics.drop_version("m", "1")
+        metrics.publish_counts()
         lean.forget("10.0")
         print("dropped", flush=True)
 """
@@ -121,6 +133,11 @@ def replayed(*plans: dict[str, Any]) -> VersionStats:
     return stats
 
 
+def summed_statistics(directory: Path) -> dict[tuple[str, str], VersionStats]:
+    """What the supervisor's /metrics and every worker's ModelStatistics read."""
+    return version_statistics(CountsCollector(lambda: read_counts(directory)).collect())
+
+
 def gauge(directory: Path, name: str, **labels: str) -> float | None:
     for family in MultiProcessCollector(None, str(directory)).collect():
         for sample in family.samples:
@@ -140,7 +157,7 @@ def test_statistics_sum_every_worker_even_one_killed(
     assert a.process.wait(timeout=30) == -signal.SIGKILL
     assert b.end() == 0
 
-    stats = version_statistics(MultiProcessCollector(None, str(directory)).collect())
+    stats = summed_statistics(directory)
     summed = stats["m", "1"]
     assert before_ms <= summed.last_inference_ms <= after_ms
     summed.last_inference_ms = 0
@@ -182,6 +199,6 @@ def test_gauges_of_replaced_versions_dead_workers_and_dropped_versions(
     assert gauge(directory, pending, model="m", version="1") == 0
     assert gauge(directory, lean, version="10.0") == 0
     # Dropped, but the counters stay: a later read must not go backwards.
-    stats = version_statistics(MultiProcessCollector(None, str(directory)).collect())
+    stats = summed_statistics(directory)
     assert stats["m", "1"].success.count == 3
     assert b.end() == 0

@@ -22,6 +22,7 @@ import grpc
 import numpy as np
 import pytest
 from rest_calls import add_infer_body, call
+from served import wait_for
 from server_process import ServerProcess, run_cli, start_server
 from tiny_models import WIDTH, add_config, add_constant_model, add_request, output_of, write_model
 
@@ -172,29 +173,33 @@ def test_a_load_that_fails_leaves_every_worker_on_the_previous_version(
 def test_statistics_and_metrics_sum_over_the_workers(
     cluster: ServerProcess, scrape_metrics: Scrape
 ) -> None:
-    def statistics(stub: pb_grpc.GRPCInferenceServiceStub) -> pb.ModelStatistics:
+    def counts(stub: pb_grpc.GRPCInferenceServiceStub) -> tuple[int, int, int]:
         reply = stub.ModelStatistics(pb.ModelStatisticsRequest(name="plus1"), timeout=TIMEOUT_S)
-        return reply.model_stats[0]
+        stats = reply.model_stats[0]
+        return (stats.inference_stats.success.count, stats.inference_count, stats.execution_count)
+
+    def views() -> set[tuple[int, int, int]]:
+        """What every worker reports (each writes its own counts before it reads)."""
+        return {counts(connection.stub) for connection in each_connection(cluster.address)}
 
     def metric() -> float:
         return scrape_metrics(cluster.metrics_port).value(
             "trtserve_requests_total", model="plus1", version="1", outcome="success"
         )
 
-    with grpc.insecure_channel(cluster.address) as channel:
-        before = statistics(pb_grpc.GRPCInferenceServiceStub(channel))
+    # Workers publish their counts to each other every few tens of milliseconds: once every
+    # worker reports the same, each one's counts are in the files.
+    wait_for(lambda: len(views()) == 1, "every worker to report the same statistics")
+    [before] = views()
     metric_before = metric()
     sent = 0
     for connection in each_connection(cluster.address):
         for _ in range(2):
             connection.infer_plus("plus1", 1.0)
             sent += 1
-    for connection in each_connection(cluster.address, 10):
-        after = statistics(connection.stub)
-        assert after.inference_stats.success.count - before.inference_stats.success.count == sent
-        assert after.inference_count - before.inference_count == sent
-        assert after.execution_count - before.execution_count == sent
-    assert metric() - metric_before == sent
+    expected = tuple(n + sent for n in before)
+    wait_for(lambda: views() == {expected}, f"every worker to report {expected}")
+    wait_for(lambda: metric() - metric_before == sent, f"/metrics to count {sent} more")
 
 
 def test_a_region_registered_through_one_connection_is_known_to_every_worker(
