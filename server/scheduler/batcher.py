@@ -159,8 +159,8 @@ class ModelScheduler:
         if self._closing:
             request.release()
             raise Unavailable(f"model '{self.config.model}' is unloading")
-        future: asyncio.Future[InferenceResponse] = asyncio.get_running_loop().create_future()
         inline = self._claim_inline()
+        future: asyncio.Future[InferenceResponse] = asyncio.get_running_loop().create_future()
         if inline is not None:
             return self._run_inline(inline, _Pending(request, future))
         with self._changed:
