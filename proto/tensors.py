@@ -25,7 +25,7 @@ class TensorDataError(ValueError):
 
 def element_count(shape: Sequence[int]) -> int:
     """Number of elements of a shape (1 for a scalar shape `[]`)."""
-    return prod(int(d) for d in shape)
+    return prod(map(int, shape))
 
 
 def serialize_bytes(array: np.ndarray) -> bytes:

@@ -85,7 +85,7 @@ def check_tensor_elements(model: str, tensor: str, shape: Sequence[int], limit: 
 
     Returns the element count.
     """
-    count = prod(int(d) for d in shape)
+    count = prod(map(int, shape))
     if count > limit:
         raise ResourceExhausted(
             f"input '{tensor}' of model '{model}': expected at most {limit} elements "

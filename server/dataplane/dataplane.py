@@ -301,7 +301,7 @@ class DataPlane:
                 inputs.on_release = lease.share()
             response = await model.scheduler.submit(inputs)
             queue_ns = response.queue_ns
-            if _unplaced(inputs, response):
+            if inputs.output_targets and _unplaced(inputs, response):
                 await self._place(model, inputs, response)
             if many_objects(response):
                 many = True
@@ -337,6 +337,9 @@ class DataPlane:
 
     def _count_inputs(self, prepared: PreparedRequest, lease: Lease | None) -> None:
         """Input bytes by path: in the message, or by reference to either kind of region."""
+        if lease is None:
+            self._metrics.count_inline_bytes("input", prepared.inline_bytes)
+            return
         counted = {"inline": prepared.inline_bytes}
         if lease is not None:
             for reference in prepared.input_references:
@@ -346,6 +349,12 @@ class DataPlane:
 
     def _count_outputs(self, request: InferenceRequest, response: InferenceResponse) -> None:
         """Output bytes by path: in the reply, or written into either kind of region."""
+        if not request.output_targets:
+            inline = 0
+            for array in response.outputs.values():
+                inline += int(array.nbytes)
+            self._metrics.count_inline_bytes("output", inline)
+            return
         counted: dict[str, int] = {}
         for name, array in response.outputs.items():
             target = request.output_targets.get(name)
@@ -367,14 +376,22 @@ class DataPlane:
 
 def many_objects(response: InferenceResponse) -> bool:
     """Whether encoding the response builds more than OFF_LOOP_ELEMENTS objects (BYTES)."""
-    return any(
-        isinstance(array, np.ndarray) and array.dtype.kind == "O" and array.size > OFF_LOOP_ELEMENTS
-        for array in response.outputs.values()
-    )
+    # Loops, not any() over generators, here and below: they run for every request.
+    for array in response.outputs.values():
+        if (
+            isinstance(array, np.ndarray)
+            and array.dtype.kind == "O"
+            and array.size > OFF_LOOP_ELEMENTS
+        ):
+            return True
+    return False
 
 
 def _on_gpu(request: InferenceRequest) -> bool:
-    return any(isinstance(a, DeviceArray) for a in request.inputs.values())
+    for array in request.inputs.values():  # noqa: SIM110 (see many_objects)
+        if isinstance(array, DeviceArray):
+            return True
+    return False
 
 
 def _inputs_to_host(request: InferenceRequest) -> None:

@@ -382,8 +382,13 @@ class ModelScheduler:
 
     def _record(self, index: int, batch: list[_Pending], result: ExecutionResult) -> None:
         t = result.timings
+        rows = (
+            batch[0].request.batch_size
+            if len(batch) == 1
+            else sum(p.request.batch_size for p in batch)
+        )
         self._metrics.record_execution(
-            sum(p.request.batch_size for p in batch),
+            rows,
             len(batch),
             t.compute_input_ns,
             t.compute_infer_ns,
@@ -394,6 +399,8 @@ class ModelScheduler:
     def _row_targets(self, requests: list[InferenceRequest]) -> dict[str, list[RowTarget]]:
         """Where each request's rows of each output go, for outputs passed by reference."""
         targets: dict[str, list[RowTarget]] = {}
+        if len(requests) == 1 and not requests[0].output_targets:
+            return targets
         batched = self.config.max_batch_size > 0
         first_row = 0
         for r in requests:
@@ -481,6 +488,8 @@ def _pack(requests: list[InferenceRequest]) -> dict[str, InputArray]:
 
 
 def _union_outputs(requests: list[InferenceRequest]) -> tuple[str, ...]:
+    if len(requests) == 1:
+        return requests[0].output_names
     names: dict[str, None] = {}
     for r in requests:
         names.update(dict.fromkeys(r.output_names))

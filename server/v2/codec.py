@@ -419,9 +419,7 @@ def _check_datatype(model: str, name: str, spec: TensorSpec, received: str) -> N
 def _check_shape(model: ServingModel, spec: TensorSpec, shape: list[int]) -> None:
     batched = model.settings.max_batch_size > 0
     expected = _expected_shape(spec.shape, batched)
-    if len(shape) != len(expected) or any(
-        d < 0 or (e >= 0 and d != e) for d, e in zip(shape, expected, strict=True)
-    ):
+    if not _fits(shape, expected):
         raise InvalidArgument(
             f"input '{spec.name}' of model '{model.name}': expected shape {list(expected)} "
             f"(-1 = any size), received {shape}"
@@ -431,6 +429,17 @@ def _check_shape(model: ServingModel, spec: TensorSpec, shape: list[int]) -> Non
             f"input '{spec.name}' of model '{model.name}': batch size must be 1 to "
             f"max_batch_size {model.settings.max_batch_size}, received {shape[0]}"
         )
+
+
+def _fits(shape: list[int], expected: tuple[int, ...]) -> bool:
+    """Whether `shape` matches `expected` (-1: any size), dimension by dimension."""
+    if len(shape) != len(expected):
+        return False
+    # A loop, not any() over a generator: this runs for every input of every request.
+    for d, e in zip(shape, expected, strict=True):  # noqa: SIM110
+        if d < 0 or (e >= 0 and d != e):
+            return False
+    return True
 
 
 @functools.cache
