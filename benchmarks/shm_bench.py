@@ -455,7 +455,7 @@ class Children:
     """The load children of one cell, their stdout lines gathered on one queue."""
 
     def __init__(self, specs: Sequence[CellSpec], stderr_dir: Path) -> None:
-        self.lines: queue.Queue[tuple[int, str]] = queue.Queue()
+        self.lines: queue.Queue[tuple[int, str | None]] = queue.Queue()
         self.popens: list[subprocess.Popen[str]] = []
         self.stderr: list[TextIO] = []
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -478,7 +478,8 @@ class Children:
         assert popen.stdout is not None
         for line in popen.stdout:
             self.lines.put((index, line.rstrip("\n")))
-        self.lines.put((index, ""))  # EOF
+        # None, not "": a child may print an empty line, which is not its end.
+        self.lines.put((index, None))
 
     def wait_for(self, prefix: str, timeout: float) -> dict[int, str]:
         """Each child's first line starting with `prefix`; RuntimeError on exit or timeout."""
@@ -489,7 +490,7 @@ class Children:
                 index, line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 raise RuntimeError(f"load children: no {prefix} within {timeout} s") from None
-            if line == "":
+            if line is None:
                 if index not in found:
                     raise RuntimeError(
                         f"load child {index} exited before {prefix}:\n" + self.tail(index)

@@ -207,7 +207,7 @@ class LoadChildren(Children):
     """shm_bench's Children (READY, GO, STOPPED, RESULT), started as this script's children."""
 
     def __init__(self, specs: Sequence[LoadSpec], stderr_dir: Path) -> None:
-        self.lines: queue.Queue[tuple[int, str]] = queue.Queue()
+        self.lines: queue.Queue[tuple[int, str | None]] = queue.Queue()
         self.popens: list[subprocess.Popen[str]] = []
         self.stderr = []
         env = dict(os.environ, PYTHONUNBUFFERED="1")
