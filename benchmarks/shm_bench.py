@@ -709,8 +709,12 @@ def measure_inprocess(plan: Path, runtimes_dir: Path, iterations: int) -> dict[s
 # --- py-spy ----------------------------------------------------------------------------------
 
 
-def make_profiler(out_dir: Path) -> Callable[[ServerUnderTest, float], None] | None:
-    """py-spy on the server for one window: raw stacks and a `top`-like summary of them."""
+def make_profiler(
+    out_dir: Path, native: bool = False
+) -> Callable[[ServerUnderTest, float], None] | None:
+    """py-spy on the server for one window: raw stacks and a `top`-like summary of them.
+
+    `native`: C and C++ frames too (grpc's core, CUDA), at a lower sampling rate."""
     py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if py_spy is None:
         return None
@@ -721,6 +725,8 @@ def make_profiler(out_dir: Path) -> Callable[[ServerUnderTest, float], None] | N
         command = [py_spy, "record", "--pid", str(server.pid), "--threads", "--format", "raw"]
         # Under --workers the pid is the supervisor's: its workers are its subprocesses.
         command += ["--subprocesses"]
+        if native:
+            command += ["--native", "--rate", "200"]
         command += [
             "--duration",
             str(max(1, round(seconds))),
@@ -922,6 +928,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--profile-cell", default="system:8", help="PATH:CONCURRENCY (system:8)")
     parser.add_argument(
+        "--profile-native", action="store_true", help="--profile with C and C++ frames too"
+    )
+    parser.add_argument(
         "--paths",
         default=",".join(PATHS),
         help=f"comma-separated paths to measure ({','.join(PATHS)}); in-process always on a GPU",
@@ -1007,7 +1016,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             mode = args.client_mode
         report["client_mode"] = mode
-        profiler = make_profiler(args.profile) if args.profile else None
+        profiler = make_profiler(args.profile, args.profile_native) if args.profile else None
         if args.profile and profiler is None:
             notes.append("--profile: py-spy is not installed, no profile taken")
         wanted = set(args.paths.split(","))
