@@ -725,14 +725,13 @@ def make_profiler(
         command = [py_spy, "record", "--pid", str(server.pid), "--threads", "--format", "raw"]
         # Under --workers the pid is the supervisor's: its workers are its subprocesses.
         command += ["--subprocesses"]
-        if native:
-            command += ["--native", "--rate", "200"]
+        # Native stacks need the process stopped while it is sampled (no --nonblocking).
+        command += ["--native", "--rate", "200"] if native else ["--nonblocking"]
         command += [
             "--duration",
             str(max(1, round(seconds))),
             "--output",
             str(raw),
-            "--nonblocking",
         ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
         top = out_dir / "shm_bench_server.top.txt"
