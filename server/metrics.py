@@ -11,6 +11,7 @@ those of workers that died included, so the counts never go backwards.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ from trtserve.server.request_counts import (
     TensorBytes,
     VersionCounts,
 )
+
+log = logging.getLogger(__name__)
 
 # Whether gauges live in per-process files (chosen by prometheus-client at import). There a
 # removed series keeps its file value, and remove() only warns.
@@ -286,6 +289,8 @@ class ServerMetrics:
         self._counts: dict[tuple[str, str], VersionCounts] = {}
         self._file = None if counts_folder is None else CountsFile(counts_folder)
         self._written: tuple[int, ...] = ()
+        self._write_lock = threading.Lock()
+        self._write_failing = False
         self._collector = CountsCollector(
             self._own_samples if counts_folder is None else lambda: read_counts(counts_folder)
         )
@@ -334,10 +339,21 @@ class ServerMetrics:
         with self._lock:
             counts = list(self._counts.values())
         generations = (self._tensor_bytes.generation, *(c.generation for c in counts))
-        if generations == self._written:
-            return
-        self._file.write(self._own_samples())
-        self._written = generations
+        with self._write_lock:
+            if generations == self._written:
+                return
+            try:
+                self._file.write(self._own_samples())
+            except OSError as error:
+                # Readers keep the last file written; the next publish tries again.
+                if not self._write_failing:
+                    log.warning("cannot write the request counts (retrying): %s", error)
+                self._write_failing = True
+                return
+            if self._write_failing:
+                log.info("request counts written again")
+            self._write_failing = False
+            self._written = generations
 
     def set_shared_memory(self, kind: str, regions: int, nbytes: int) -> None:
         """The registered regions of one kind ("system", "cuda") and their bytes."""

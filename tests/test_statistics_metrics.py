@@ -213,3 +213,20 @@ def test_each_served_version_has_state_series_and_a_dropped_one_loses_them() -> 
     assert (ready("1"), ready("2")) == (1.0, 1.0)
     metrics.set_state("m", ["2", "3"], ModelState.READY)
     assert (ready("1"), ready("2"), ready("3")) == (None, 1.0, 1.0)
+
+
+def test_a_worker_that_cannot_write_its_counts_still_answers_and_writes_later(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="trtserve.server.metrics")
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    metrics = ServerMetrics(CollectorRegistry(), counts_folder=folder)
+    record_known(metrics.version("m", "1"))
+    folder.rmdir()  # the write fails, as on a full disk
+    assert metrics.statistics() == {}
+    metrics.statistics()
+    assert caplog.text.count("cannot write the request counts") == 1
+    folder.mkdir()
+    assert without_last_inference(metrics.statistics()["m", "1"]) == KNOWN
+    assert "request counts written again" in caplog.text

@@ -109,11 +109,8 @@ async def _load(parts: ServerParts, join: ClusterState | None) -> None:
 
 async def _publish(parts: ServerParts) -> None:
     # Request counts are kept in memory and pending-request counts read through a function,
-    # so both are written to the files on a clock; a failed write is retried at the next tick.
+    # so both are written to the files on a clock.
     while True:
-        try:
-            parts.metrics.publish_pending()
-            parts.metrics.publish_counts()
-        except OSError as error:
-            log.warning("could not write the metrics files: %s", error)
+        parts.metrics.publish_pending()
+        parts.metrics.publish_counts()  # a failed write is logged and tried again
         await asyncio.sleep(PUBLISH_S)
