@@ -492,8 +492,11 @@ class Children:
                 raise RuntimeError(f"load children: no {prefix} within {timeout} s") from None
             if line is None:
                 if index not in found:
+                    # The exit status too: a child killed by a signal leaves no stderr.
+                    code = self.popens[index].wait(timeout=30)
                     raise RuntimeError(
-                        f"load child {index} exited before {prefix}:\n" + self.tail(index)
+                        f"load child {index} exited (status {code}) before {prefix}:\n"
+                        + self.tail(index)
                     )
                 continue
             if line.startswith(prefix):
