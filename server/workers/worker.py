@@ -112,5 +112,7 @@ async def _publish(parts: ServerParts) -> None:
     # so both are written to the files on a clock.
     while True:
         parts.metrics.publish_pending()
-        parts.metrics.publish_counts()  # a failed write is logged and tried again
+        # Off the loop: the file write (a few hundred µs) must not hold up requests. A failed
+        # write is logged and tried again.
+        await asyncio.to_thread(parts.metrics.publish_counts)
         await asyncio.sleep(PUBLISH_S)
