@@ -33,18 +33,24 @@ class CountsFile:
         # The start time too: a later process given the same pid must not replace this file.
         self._path = folder / f"counts_{os.getpid()}_{time.time_ns()}.json"
 
-    def write(self, samples: Iterable[Sample]) -> None:
-        """Replace the file with `samples`."""
-        text = json.dumps([[s.name, s.labels, s.value] for s in samples], separators=(",", ":"))
+    def write(self, parts: Iterable[str]) -> None:
+        """Replace the file with the samples of `parts` (each from `encode`)."""
+        text = "[" + ",".join(part for part in parts if part) + "]"
         partial = self._path.with_suffix(".partial")
         partial.write_text(text)
         os.replace(partial, self._path)
 
 
+def encode(samples: Iterable[Sample]) -> str:
+    """Samples as a part of a counts file (writers keep the parts of what did not change)."""
+    return json.dumps([[s.name, s.labels, s.value] for s in samples], separators=(",", ":"))[1:-1]
+
+
 def read_counts(folder: Path) -> list[Sample]:
     """Every process's samples in `folder`, summed by name and labels.
 
-    The last-inference timestamp is the latest of them, not a sum. A file that cannot be read
+    The last-inference timestamp is the latest of them and a series' creation time the
+    earliest, not sums. A file that cannot be read
     is skipped with a warning: one damaged file must not take /metrics down.
     """
     totals: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
@@ -61,6 +67,9 @@ def read_counts(folder: Path) -> list[Sample]:
             key = (name, labels)
             if name == LAST_INFERENCE:
                 totals[key] = max(totals.get(key, 0.0), value)
+            elif name.endswith("_created"):
+                # A series summed over processes began when its first process's did.
+                totals[key] = min(totals.get(key, value), value)
             else:
                 totals[key] = totals.get(key, 0.0) + value
     return [Sample(name, dict(labels), value) for (name, labels), value in totals.items()]

@@ -22,7 +22,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
-from trtserve.server.counts_files import CountsFile, read_counts
+from trtserve.server.counts_files import CountsFile, encode, read_counts
 from trtserve.server.model_state import ModelState
 from trtserve.server.request_counts import (
     BATCH_COMPUTE_SECONDS,
@@ -99,7 +99,11 @@ _COUNT_FAMILIES = (
         "messages) or by reference (system_shared_memory, cuda_shared_memory).",
     ),
 )
-_SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_count", "_sum")}
+_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+}
 # Each sample name's family.
 _FAMILY_OF = {
     name + suffix: name for name, kind, _ in _COUNT_FAMILIES for suffix in _SUFFIXES[kind]
@@ -290,6 +294,8 @@ class ServerMetrics:
         self._file = None if counts_folder is None else CountsFile(counts_folder)
         self._written: tuple[int, ...] = ()
         self._write_lock = threading.Lock()
+        # Each version's encoded part of the counts file, with the generation it is of.
+        self._parts: dict[VersionCounts, tuple[int, str]] = {}
         self._write_failing = False
         self._collector = CountsCollector(
             self._own_samples if counts_folder is None else lambda: read_counts(counts_folder)
@@ -305,15 +311,6 @@ class ServerMetrics:
         for version in counts:
             yield from version.samples()
         yield from self._tensor_bytes.samples()
-
-    def counts(self, model: str, version: str) -> VersionCounts:
-        """The request counts of one model version (created at zero)."""
-        key = (model, version)
-        with self._lock:
-            counts = self._counts.get(key)
-            if counts is None:
-                counts = self._counts[key] = VersionCounts(model, version)
-        return counts
 
     def statistics(self) -> dict[tuple[str, str], VersionStats]:
         """Every version's statistics, by (model, version).
@@ -343,7 +340,7 @@ class ServerMetrics:
             if generations == self._written:
                 return
             try:
-                self._file.write(self._own_samples())
+                self._file.write(self._encoded(counts))
             except OSError as error:
                 # Readers keep the last file written; the next publish tries again.
                 if not self._write_failing:
@@ -354,6 +351,18 @@ class ServerMetrics:
                 log.info("request counts written again")
             self._write_failing = False
             self._written = generations
+
+    def _encoded(self, counts: list[VersionCounts]) -> list[str]:
+        """Every version's part of the counts file, encoded again only where it changed: a
+        worker keeps every version it served (see drop_version), most of them idle."""
+        parts = [encode(self._tensor_bytes.samples())]
+        for version in counts:
+            cached = self._parts.get(version)
+            if cached is None or cached[0] != version.generation:
+                generation, samples = version.snapshot()
+                cached = self._parts[version] = (generation, encode(samples))
+            parts.append(cached[1])
+        return parts
 
     def set_shared_memory(self, kind: str, regions: int, nbytes: int) -> None:
         """The registered regions of one kind ("system", "cuda") and their bytes."""
@@ -402,10 +411,13 @@ class ServerMetrics:
         key = (model, version)
         with self._lock:
             bound = self._bound.get(key)
-        if bound is None:
-            counts = self.counts(model, version)
-            with self._lock:
-                bound = self._bound.setdefault(key, VersionMetrics(self, counts))
+            if bound is None:
+                # Under the lock: building one binds the pending gauge's function, and a
+                # second built in a race would bind one that sees no scheduler.
+                counts = self._counts.get(key)
+                if counts is None:
+                    counts = self._counts[key] = VersionCounts(model, version)
+                bound = self._bound[key] = VersionMetrics(self, counts)
         return bound
 
     def publish_pending(self) -> None:

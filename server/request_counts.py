@@ -67,8 +67,9 @@ Labels = dict[str, str]
 class Buckets:
     """A histogram's observations: a count per bucket (not cumulative) and their sum."""
 
-    def __init__(self, bounds: tuple[float, ...]) -> None:
+    def __init__(self, bounds: tuple[float, ...], created: float) -> None:
         self._bounds = bounds
+        self._created = created
         self._le = tuple(floatToGoString(b) for b in (*bounds, math.inf))
         # The last slot counts what is above every bound (Prometheus's +Inf bucket).
         self._counts = [0] * (len(bounds) + 1)
@@ -88,14 +89,16 @@ class Buckets:
             yield Sample(f"{name}_bucket", {**labels, "le": le}, cumulative)
         yield Sample(f"{name}_count", labels, cumulative)
         yield Sample(f"{name}_sum", labels, self._sum)
+        yield Sample(f"{name}_created", labels, self._created)
 
 
 class _Batch:
     """Executions of one exact batch size and their compute seconds by phase."""
 
-    __slots__ = ("executions", "infer_s", "input_s", "output_s")
+    __slots__ = ("created", "executions", "infer_s", "input_s", "output_s")
 
     def __init__(self) -> None:
+        self.created = time.time()
         self.executions = 0
         self.input_s = 0.0
         self.infer_s = 0.0
@@ -110,27 +113,39 @@ class VersionCounts:
         self._lock = threading.Lock()
         # Bumped by every record, so a writer of these counts knows whether they changed.
         self.generation = 0
+        # When each series appeared (Unix time): prometheus-client exports it as `_created`.
+        self._created = time.time()
         # Seeded so that a version shows its main series (at zero) before its first request.
         self._requests = {"success": 0, "cancelled": 0}
+        self._outcome_created = dict.fromkeys(self._requests, self._created)
         self._success_s = 0.0
         self._fail_s = 0.0
         self._inference_count = 0
         self._last_inference_s = 0.0
-        self._request_duration = Buckets(LATENCY_BUCKETS)
-        self._queue = Buckets(LATENCY_BUCKETS)
-        self._phase_duration = tuple(Buckets(LATENCY_BUCKETS) for _ in PHASES)
+        self._request_duration = Buckets(LATENCY_BUCKETS, self._created)
+        self._queue = Buckets(LATENCY_BUCKETS, self._created)
+        self._phase_duration = tuple(Buckets(LATENCY_BUCKETS, self._created) for _ in PHASES)
         self._compute_requests = 0
         self._compute_input_s = 0.0
         self._compute_infer_s = 0.0
         self._compute_output_s = 0.0
-        self._batch_size = Buckets(BATCH_BUCKETS)
+        self._batch_size = Buckets(BATCH_BUCKETS, self._created)
         self._batches: dict[int, _Batch] = {}
         self._instances: dict[tuple[str, str], int] = {}
+        self._instance_created: dict[tuple[str, str], float] = {}
 
     def add_instance(self, instance: str, device: str) -> None:
         """Show an instance's execution count (at zero until it executes)."""
         with self._lock:
-            self._instances.setdefault((instance, device), 0)
+            self.generation += 1
+            self._count_instance((instance, device), 0)
+
+    def _count_instance(self, instance: tuple[str, str], executions: int) -> None:
+        count = self._instances.get(instance)
+        if count is None:
+            self._instance_created[instance] = time.time()
+            count = 0
+        self._instances[instance] = count + executions
 
     def record_request(
         self, outcome: str, total_ns: int, queue_ns: int | None, batch_size: int
@@ -139,7 +154,11 @@ class VersionCounts:
         seconds = total_ns / 1e9
         with self._lock:
             self.generation += 1
-            self._requests[outcome] = self._requests.get(outcome, 0) + 1
+            count = self._requests.get(outcome)
+            if count is None:
+                self._outcome_created[outcome] = time.time()
+                count = 0
+            self._requests[outcome] = count + 1
             self._request_duration.observe(seconds)
             if outcome == "success":
                 self._success_s += seconds
@@ -180,39 +199,54 @@ class VersionCounts:
             batch.infer_s += infer_s
             batch.output_s += output_s
             if instance is not None:
-                self._instances[instance] = self._instances.get(instance, 0) + 1
+                self._count_instance(instance, 1)
 
     def samples(self) -> list[Sample]:
         """Every sample of this version, as prometheus-client would export it."""
+        return self.snapshot()[1]
+
+    def snapshot(self) -> tuple[int, list[Sample]]:
+        """The samples and the generation they were taken at."""
         with self._lock:
-            return list(self._samples())
+            return self.generation, list(self._samples())
 
     def _samples(self) -> Iterator[Sample]:
-        labels = self.labels
+        labels, created = self.labels, self._created
         for outcome, count in self._requests.items():
-            yield Sample(f"{REQUESTS}_total", {**labels, "outcome": outcome}, count)
-        yield Sample(f"{REQUEST_SECONDS}_total", {**labels, "result": "success"}, self._success_s)
-        yield Sample(f"{REQUEST_SECONDS}_total", {**labels, "result": "fail"}, self._fail_s)
-        yield Sample(f"{INFERENCE_COUNT}_total", labels, self._inference_count)
+            by_outcome = {**labels, "outcome": outcome}
+            yield from _counter(REQUESTS, by_outcome, count, self._outcome_created[outcome])
+        yield from _counter(
+            REQUEST_SECONDS, {**labels, "result": "success"}, self._success_s, created
+        )
+        yield from _counter(REQUEST_SECONDS, {**labels, "result": "fail"}, self._fail_s, created)
+        yield from _counter(INFERENCE_COUNT, labels, self._inference_count, created)
         yield Sample(LAST_INFERENCE, labels, self._last_inference_s)
         yield from self._request_duration.samples(REQUEST_DURATION, labels)
         yield from self._queue.samples(QUEUE, labels)
         for phase, buckets in zip(PHASES, self._phase_duration, strict=True):
             yield from buckets.samples(PHASE_DURATION[phase], labels)
-        yield Sample(f"{COMPUTE_REQUESTS}_total", labels, self._compute_requests)
+        yield from _counter(COMPUTE_REQUESTS, labels, self._compute_requests, created)
         compute = (self._compute_input_s, self._compute_infer_s, self._compute_output_s)
         for phase, seconds in zip(PHASES, compute, strict=True):
-            yield Sample(f"{COMPUTE_SECONDS}_total", {**labels, "phase": phase}, seconds)
+            yield from _counter(COMPUTE_SECONDS, {**labels, "phase": phase}, seconds, created)
         yield from self._batch_size.samples(BATCH_SIZE, labels)
         for size, batch in self._batches.items():
             sized = {**labels, "batch_size": str(size)}
-            yield Sample(f"{BATCH_EXECUTIONS}_total", sized, batch.executions)
+            yield from _counter(BATCH_EXECUTIONS, sized, batch.executions, batch.created)
             by_phase = (batch.input_s, batch.infer_s, batch.output_s)
             for phase, value in zip(PHASES, by_phase, strict=True):
-                yield Sample(f"{BATCH_COMPUTE_SECONDS}_total", {**sized, "phase": phase}, value)
+                phased = {**sized, "phase": phase}
+                yield from _counter(BATCH_COMPUTE_SECONDS, phased, value, batch.created)
         for (instance, device), count in self._instances.items():
             placed = {**labels, "instance": instance, "device": device}
-            yield Sample(f"{INSTANCE_EXECUTIONS}_total", placed, count)
+            when = self._instance_created[instance, device]
+            yield from _counter(INSTANCE_EXECUTIONS, placed, count, when)
+
+
+def _counter(name: str, labels: Labels, value: float, created: float) -> Iterator[Sample]:
+    """A counter's samples: its total and when it was created."""
+    yield Sample(f"{name}_total", labels, value)
+    yield Sample(f"{name}_created", labels, created)
 
 
 class TensorBytes:
@@ -221,6 +255,7 @@ class TensorBytes:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.generation = 0
+        self._created = time.time()
         self._bytes = {(d, p): 0 for d in TENSOR_DIRECTIONS for p in TENSOR_PATHS}
 
     def add(self, direction: str, by_path: Mapping[str, int]) -> None:
@@ -239,6 +274,9 @@ class TensorBytes:
     def samples(self) -> list[Sample]:
         with self._lock:
             return [
-                Sample(f"{TENSOR_BYTES}_total", {"direction": d, "path": p}, nbytes)
+                sample
                 for (d, p), nbytes in self._bytes.items()
+                for sample in _counter(
+                    TENSOR_BYTES, {"direction": d, "path": p}, nbytes, self._created
+                )
             ]

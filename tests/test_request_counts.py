@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
@@ -19,19 +21,20 @@ def without_created(samples: list[Sample]) -> list[tuple[str, dict[str, str], fl
 
 def test_buckets_read_as_prometheus_clients_histogram_of_the_same_observations() -> None:
     reference = Histogram("h", "doc", ("model",), buckets=LATENCY_BUCKETS, registry=None)
-    ours = Buckets(LATENCY_BUCKETS)
+    ours = Buckets(LATENCY_BUCKETS, created=1234.5)
     for value in OBSERVED:
         reference.labels("m").observe(value)
         ours.observe(value)
     [family] = reference.collect()
-    assert without_created(list(ours.samples("h", {"model": "m"}))) == without_created(
-        family.samples
-    )
+    samples = list(ours.samples("h", {"model": "m"}))
+    assert without_created(samples) == without_created(family.samples)
+    assert [s.value for s in samples if s.name == "h_created"] == [1234.5]
 
 
 def test_a_scrape_parses_with_the_counts_of_what_was_recorded() -> None:
     registry = CollectorRegistry()
     metrics = ServerMetrics(registry)
+    before = time.time()
     version = metrics.version("m", "1")
     key = version.add_instance("0", "cpu")
     version.record_request("success", 2_000_000, 500_000, batch_size=3)
@@ -65,3 +68,7 @@ def test_a_scrape_parses_with_the_counts_of_what_was_recorded() -> None:
     assert value(compute, **version_labels, batch_size="3", phase="infer") == 2e-6
     assert value("trtserve_tensor_bytes_total", direction="input", path="inline") == 48
     assert value("trtserve_tensor_bytes_total", direction="output", path="inline") == 0
+    # Each series says when it appeared, as prometheus-client's own counters do.
+    created = value("trtserve_requests_created", **version_labels, outcome="invalid_argument")
+    assert before <= created <= time.time()
+    assert value("trtserve_request_duration_seconds_created", **version_labels) >= before

@@ -123,7 +123,9 @@ def test_workers_read_the_sum_of_every_workers_counts_file(
 ) -> None:
     first = ServerMetrics(CollectorRegistry(), counts_folder=tmp_path)
     second = ServerMetrics(CollectorRegistry(), counts_folder=tmp_path)
+    started = time.time()
     record_known(first.version("m", "1"))
+    between = time.time()
     record_known(second.version("m", "1"))
     # The second has not written yet: the first reads its own counts only (written as it reads).
     assert without_last_inference(first.statistics()["m", "1"]) == KNOWN
@@ -140,6 +142,9 @@ def test_workers_read_the_sum_of_every_workers_counts_file(
     )
     labels = {"model": "m", "version": "1", "outcome": "success"}
     assert supervisor.get_sample_value("trtserve_requests_total", labels) == 4
+    # A series summed over workers began when the first worker's did (not a sum of times).
+    created = supervisor.get_sample_value("trtserve_requests_created", labels)
+    assert created is not None and started <= created <= between
 
 
 def test_a_worker_keeps_the_counts_of_a_version_it_dropped(tmp_path: Path) -> None:
@@ -230,3 +235,29 @@ def test_a_worker_that_cannot_write_its_counts_still_answers_and_writes_later(
     folder.mkdir()
     assert without_last_inference(metrics.statistics()["m", "1"]) == KNOWN
     assert "request counts written again" in caplog.text
+
+
+def test_a_workers_file_shows_a_new_instance_before_it_executes(tmp_path: Path) -> None:
+    metrics = ServerMetrics(CollectorRegistry(), counts_folder=tmp_path)
+    version = metrics.version("m", "1")
+    metrics.publish_counts()
+    version.add_instance("0", "gpu:0")
+    metrics.publish_counts()
+    executions = [
+        (s.labels["instance"], s.value)
+        for s in read_counts(tmp_path)
+        if s.name == "trtserve_instance_executions_total"
+    ]
+    assert executions == [("0", 0.0)]
+
+
+def test_a_workers_file_keeps_idle_versions_and_updates_busy_ones(tmp_path: Path) -> None:
+    metrics = ServerMetrics(CollectorRegistry(), counts_folder=tmp_path)
+    idle, busy = metrics.version("m", "1"), metrics.version("m", "2")
+    idle.record_request("success", 1_000, None)
+    metrics.publish_counts()
+    busy.record_request("success", 1_000, None)
+    busy.record_request("success", 1_000, None)
+    metrics.publish_counts()
+    stats = version_statistics(CountsCollector(lambda: read_counts(tmp_path)).collect())
+    assert (stats["m", "1"].success.count, stats["m", "2"].success.count) == (1, 2)
