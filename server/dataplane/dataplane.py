@@ -291,7 +291,8 @@ class DataPlane:
                 inputs = await asyncio.to_thread(prepared.decode, lease)
             else:
                 inputs = prepared.decode(lease)
-            if not model.loaded.device_tensors and _on_gpu(inputs):
+            # Only a region can hold GPU memory: requests without one skip the look.
+            if lease is not None and not model.loaded.device_tensors and _on_gpu(inputs):
                 await asyncio.to_thread(_inputs_to_host, inputs)
             batch_size = inputs.batch_size
             self._count_inputs(prepared, lease)
