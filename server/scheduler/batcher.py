@@ -417,8 +417,8 @@ class ModelScheduler:
         if len(batch) == 1 and not result.placed and not batch[0].request.output_targets:
             # One request, nothing in shared memory: its outputs are the batch's.
             p = batch[0]
-            outputs = {name: result.outputs[name] for name in p.request.output_names}
-            return [(p.future, InferenceResponse(outputs, started_ns - p.enqueued_ns))]
+            lone = {name: result.outputs[name] for name in p.request.output_names}
+            return [(p.future, InferenceResponse(lone, started_ns - p.enqueued_ns))]
         outcomes: list[_Settlement] = []
         offset = 0
         sliced = self.config.max_batch_size > 0 and len(batch) > 1
