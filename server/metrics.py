@@ -325,10 +325,6 @@ class ServerMetrics:
         """Add one request's tensor bytes of `direction` ("input", "output") per path."""
         self._tensor_bytes.add(direction, by_path)
 
-    def count_inline_bytes(self, direction: str, nbytes: int) -> None:
-        """Add one request's tensor bytes of `direction`, all inline (the common case)."""
-        self._tensor_bytes.add_inline(direction, nbytes)
-
     def publish_counts(self) -> None:
         """Write this worker's request counts to its file if they changed (one process: no-op)."""
         if self._file is None:

@@ -265,12 +265,6 @@ class TensorBytes:
             for path, nbytes in by_path.items():
                 self._bytes[direction, path] += nbytes
 
-    def add_inline(self, direction: str, nbytes: int) -> None:
-        """Add one request's bytes of `direction`, all of them inline."""
-        with self._lock:
-            self.generation += 1
-            self._bytes[direction, "inline"] += nbytes
-
     def samples(self) -> list[Sample]:
         with self._lock:
             return [

@@ -338,9 +338,6 @@ class DataPlane:
 
     def _count_inputs(self, prepared: PreparedRequest, lease: Lease | None) -> None:
         """Input bytes by path: in the message, or by reference to either kind of region."""
-        if lease is None:
-            self._metrics.count_inline_bytes("input", prepared.inline_bytes)
-            return
         counted = {"inline": prepared.inline_bytes}
         if lease is not None:
             for reference in prepared.input_references:
@@ -350,11 +347,9 @@ class DataPlane:
 
     def _count_outputs(self, request: InferenceRequest, response: InferenceResponse) -> None:
         """Output bytes by path: in the reply, or written into either kind of region."""
-        if not request.output_targets:
-            inline = 0
-            for array in response.outputs.values():
-                inline += int(array.nbytes)
-            self._metrics.count_inline_bytes("output", inline)
+        if not request.output_targets:  # all inline: no target to look up per output
+            inline = sum(int(array.nbytes) for array in response.outputs.values())
+            self._metrics.count_tensor_bytes("output", {"inline": inline})
             return
         counted: dict[str, int] = {}
         for name, array in response.outputs.items():

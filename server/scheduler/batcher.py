@@ -382,13 +382,8 @@ class ModelScheduler:
 
     def _record(self, index: int, batch: list[_Pending], result: ExecutionResult) -> None:
         t = result.timings
-        rows = (
-            batch[0].request.batch_size
-            if len(batch) == 1
-            else sum(p.request.batch_size for p in batch)
-        )
         self._metrics.record_execution(
-            rows,
+            sum(p.request.batch_size for p in batch),
             len(batch),
             t.compute_input_ns,
             t.compute_infer_ns,
